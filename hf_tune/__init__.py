@@ -1,0 +1,3 @@
+"""hf_tune: fine-tuning recipes for pretrained encoders on the Hugging Face stack."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,146 @@
+"""``hf-tune`` command line: train, recipes, evaluate, predict.
+
+    hf-tune train recipe=NAME key=value ...
+    hf-tune recipes
+    hf-tune evaluate RUN_OR_MODEL_DIR data.path=FILE [data.split=test] [output=FILE]
+    hf-tune predict MODEL_DIR INPUT [output=FILE] [batch_size=N]
+
+Errors in the user's input (config, data, output dir) print one clear message and exit with code 2,
+without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hf_tune.config import RESOLVED_CONFIG_NAME, ConfigError, available_recipes, load_config, load_saved_config
+from hf_tune.data.images import DataError
+from hf_tune.modeling import ModelLoadError
+from hf_tune.registry import Registry, RegistryError
+
+USER_ERRORS = (ConfigError, DataError, ModelLoadError, RegistryError, FileNotFoundError)
+COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("command")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return COMMANDS.get(args.command)(args)
+    except USER_ERRORS as exc:
+        print(f"hf-tune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hf-tune", description="Fine-tune pretrained encoders with recipes.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a recipe: recipe=NAME key=value ...")
+    t.add_argument("overrides", nargs="*", help="recipe=NAME and dotted key=value overrides")
+    sub.add_parser("recipes", help="list the shipped recipes")
+    e = sub.add_parser("evaluate", help="evaluate a trained run or model folder on a dataset file")
+    e.add_argument("run_dir")
+    e.add_argument("overrides", nargs="*", help="data.path=FILE data.split=test output=FILE ...")
+    pr = sub.add_parser("predict", help="predict on files, folders or dataset files; writes JSONL")
+    pr.add_argument("model_dir")
+    pr.add_argument("input")
+    pr.add_argument("overrides", nargs="*", help="output=FILE batch_size=N data.split=...")
+    return p
+
+
+def _recipe_for(cfg):
+    from hf_tune.recipes import RECIPES
+
+    return RECIPES.get(cfg.task)(cfg)
+
+
+@COMMANDS.register("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from hf_tune.recipes.base import log
+
+    cfg = load_config(args.overrides)
+    recipe = _recipe_for(cfg)
+    recipe.setup()
+    train_metrics = recipe.train()
+    metrics = {**train_metrics, **recipe.evaluate()}
+    final = recipe.save(metrics)
+    rank = recipe.trainer.args.process_index
+    log(f"rank {rank} metrics {json.dumps(_scalar(metrics), sort_keys=True)}")
+    if recipe.trainer.is_world_process_zero():
+        log(f"model saved to {final} (metrics: {final / 'metrics.json'})")
+        print(json.dumps({"output_dir": str(recipe.output_dir), "model_dir": str(final), **_scalar(metrics)}))
+    recipe.cleanup()
+    return 0
+
+
+@COMMANDS.register("recipes")
+def cmd_recipes(args: argparse.Namespace) -> int:
+    import yaml
+
+    for name, path in available_recipes().items():
+        data = yaml.safe_load(path.read_text()) or {}
+        print(f"{name:<28} {data.get('task', '?'):<22} {data.get('description', '')}")
+    return 0
+
+
+def _model_dir(run_or_model: str) -> Path:
+    p = Path(run_or_model)
+    for d in (p / "model", p):
+        if (d / RESOLVED_CONFIG_NAME).is_file():
+            return d
+    raise FileNotFoundError(f"{run_or_model}: no {RESOLVED_CONFIG_NAME} here or in {p / 'model'}; "
+                            f"pass a run folder (training.output_dir) or its model/ folder")
+
+
+def _split_extra(overrides: list[str], extra: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """Separate command options (``output=F``) from config overrides (``data.path=F``)."""
+    opts, rest = {}, []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key in extra and value:
+            opts[key] = value
+        else:
+            rest.append(o)
+    return opts, rest
+
+
+@COMMANDS.register("evaluate")
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model_dir = _model_dir(args.run_dir)
+    opts, overrides = _split_extra(args.overrides, ("output",))
+    cfg = load_saved_config(model_dir / RESOLVED_CONFIG_NAME, overrides)
+    metrics = _recipe_for(cfg).evaluate_saved(model_dir)
+    line = json.dumps(_scalar(metrics))
+    out = Path(opts.get("output") or model_dir / f"eval_{metrics['split']}.json")
+    out.write_text(line + "\n")
+    print(line)
+    return 0
+
+
+@COMMANDS.register("predict")
+def cmd_predict(args: argparse.Namespace) -> int:
+    model_dir = _model_dir(args.model_dir)
+    opts, overrides = _split_extra(args.overrides, ("output", "batch_size"))
+    cfg = load_saved_config(model_dir / RESOLVED_CONFIG_NAME, overrides)
+    if not Path(args.input).exists():
+        raise FileNotFoundError(f"{args.input}: input file or folder not found")
+    rows = _recipe_for(cfg).predict(model_dir, args.input, batch_size=int(opts.get("batch_size", 32)))
+    sink = open(opts["output"], "w") if "output" in opts else sys.stdout
+    try:
+        for row in rows:
+            sink.write(json.dumps(row) + "\n")
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    return 0
+
+
+def _scalar(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,614 @@
+"""The one typed config schema, recipe resolution and validation.
+
+A run is described by a YAML recipe plus ``key=value`` overrides with dotted keys. OmegaConf parses
+and merges them (so ``1e-3``, ``[1,2]`` and ``${...}`` interpolation work); the merged mapping is then
+checked against the dataclasses below by :func:`build`, which walks the whole tree and *collects* every
+error (unknown key with a "did you mean", wrong type, missing value) before raising once. OmegaConf's
+own struct mode stops at the first error, which is why the walk is ours.
+
+The ``training:`` mapping is not re-declared: it passes straight into ``transformers.TrainingArguments``
+and is checked against that dataclass's own fields and types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+
+from hf_tune.registry import Registry, did_you_mean
+
+RECIPES_DIR_ENV = "HF_TUNE_RECIPES"
+RESOLVED_CONFIG_NAME = "resolved_config.yaml"
+
+
+class ConfigError(ValueError):
+    """One or more config problems, each naming the key and the fix."""
+
+    def __init__(self, errors: list[str], source: str = "") -> None:
+        self.errors = errors
+        head = f"invalid config{f' ({source})' if source else ''}: {len(errors)} problem(s)"
+        super().__init__("\n".join([head, *(f"  - {e}" for e in errors)]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema sections shared by every recipe kind
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClippingConfig:
+    """Gradient clipping beyond Trainer's ``training.max_grad_norm`` (which stays the by-norm switch)."""
+
+    mode: Literal["norm", "value", "agc", "auto"] = "norm"
+    """norm: Trainer's own ``max_grad_norm``; value: clamp each element to [-value, value];
+    agc: adaptive gradient clipping (unit-wise, relative to weight norm); auto: clip the global norm at
+    a percentile of the recent norm history."""
+    value: float = 1.0
+    """Element bound for mode=value."""
+    agc_factor: float = 0.01
+    """lambda in AGC: a unit's gradient norm may be at most agc_factor * max(|W|, agc_eps)."""
+    agc_eps: float = 1e-3
+    auto_percentile: float = 90.0
+    """mode=auto: the threshold is this percentile of the last ``auto_window`` pre-clip norms."""
+    auto_window: int = 100
+    auto_min_history: int = 10
+    """mode=auto: steps before the percentile is trusted; until then training.max_grad_norm applies."""
+
+
+@dataclass
+class MonitorConfig:
+    """Gradient monitoring: per-layer norms before and after clipping, and non-finite step handling."""
+
+    grad_norms: bool = False
+    """Log per-block gradient L2 norms (pre and post clip) at ``training.logging_steps``."""
+    depth: int = 2
+    """Parameter-name depth that defines a block (``encoder.layer`` -> 2 levels + index)."""
+    plot: bool = True
+    """Save grad_norms.png (norms per block over steps, log scale) at the end of training."""
+    skip_nonfinite: bool = True
+    """Skip an optimizer step whose loss or gradients are inf/NaN, and count it."""
+    max_nonfinite_in_a_row: int = 5
+    """Stop training with a clear message after this many consecutive skipped steps."""
+
+
+@dataclass
+class FreezeConfig:
+    """Transfer-learning controls over which parameters train."""
+
+    embeddings: bool = False
+    """Freeze the embeddings / stem (BERT embeddings, ResNet conv1+bn1)."""
+    first_n_blocks: int = 0
+    """Freeze the first N blocks (BERT encoder layers, ResNet stages) in addition to the embeddings."""
+    unfreeze_at_steps: list[int] = field(default_factory=list)
+    """Gradual unfreezing: at each listed step, unfreeze one more block from the top of the frozen part."""
+
+
+@dataclass
+class LrConfig:
+    """Learning-rate groups on top of ``training.learning_rate`` (which is the head's LR)."""
+
+    backbone_lr: float | None = None
+    """Learning rate for every non-head parameter (ignored when layer_decay is set)."""
+    layer_decay: float | None = None
+    """Layer-wise LR decay: block i of L gets lr * layer_decay**(L - i); the head keeps lr."""
+    no_decay_bias_norm: bool = True
+    """Exclude biases and normalization weights from weight decay."""
+
+
+@dataclass
+class EmaConfig:
+    """Exponential moving average of weights (timm's ModelEmaV3 under the hood)."""
+
+    enabled: bool = False
+    decay: float = 0.999
+    warmup: bool = True
+    """Decay warmup: effective decay min(decay, (1 + t) / (10 + t)), so early EMA follows the weights."""
+    evaluate_with_ema: bool = True
+    """Run evaluation on the EMA weights."""
+    use_for_final_model: bool = True
+    """Save the EMA weights as the final model."""
+
+
+@dataclass
+class LossConfig:
+    """Loss for classification heads (image, text, token)."""
+
+    name: str = "cross_entropy"
+    """Registered loss: cross_entropy or focal (see hf_tune.losses.LOSSES)."""
+    focal_gamma: float = 2.0
+    focal_alpha: float | None = None
+    """Binary-style alpha for focal loss: weight alpha on the positive/rare classes, 1-alpha on class 0."""
+    class_weights: list[float] | Literal["balanced"] | None = None
+    """Per-class weights, or 'balanced' to compute n / (k * count_c) from the training labels."""
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and schedule settings that Trainer's ``optim`` / ``lr_scheduler_type`` do not cover."""
+
+    name: str | None = None
+    """An hf_tune optimizer (see hf_tune.optim.OPTIMIZERS). None: Trainer's ``training.optim`` decides."""
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    alpha: float = 0.99
+    """RMSProp smoothing constant."""
+    schedule: str | None = None
+    """An hf_tune schedule (step, multistep, exponential, cosine_restarts). None: Trainer's schedule."""
+    step_size: int = 1000
+    gamma: float = 0.1
+    milestones: list[int] = field(default_factory=list)
+    restart_period: int = 1000
+    restart_mult: int = 1
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class LoraConfig:
+    """Parameter-efficient fine-tuning with peft's LoRA."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | None = None
+    """None: attention and FFN projections for BERT (query, key, value, dense)."""
+    merge_on_save: bool = True
+    """Merge the adapter into the base weights for the final model (the adapter is saved too)."""
+
+
+@dataclass
+class TechniquesConfig:
+    clipping: ClippingConfig = field(default_factory=ClippingConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    lr: LrConfig = field(default_factory=LrConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class BaseConfig:
+    """Fields every recipe kind has. Task-specific configs add ``model`` and ``data`` sections."""
+
+    task: str
+    """Recipe kind, e.g. image_classification (see ``hf-tune recipes``)."""
+    recipe: str = ""
+    """Name of the YAML this run came from (filled in by the loader)."""
+    description: str = ""
+    """One line shown by ``hf-tune recipes``."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """Passed straight to transformers.TrainingArguments."""
+    techniques: TechniquesConfig = field(default_factory=TechniquesConfig)
+    resume: bool = False
+    """Continue from the last checkpoint in training.output_dir."""
+    overwrite: bool = False
+    """Allow training into an output_dir that already holds a finished or interrupted run."""
+
+    def validate(self) -> list[str]:
+        """Cross-field checks; returns every problem found (empty when valid)."""
+        errors: list[str] = []
+        if self.resume and self.overwrite:
+            errors.append("resume=true and overwrite=true conflict: choose one")
+        t = self.training
+        if t.get("bf16") and t.get("fp16"):
+            errors.append("training.bf16 and training.fp16 are both true: choose one precision")
+        env_mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        recipe_mp = "bf16" if t.get("bf16") else "fp16" if t.get("fp16") else "no"
+        if env_mp in ("fp16", "bf16") and env_mp != recipe_mp:
+            errors.append(
+                f"accelerate config sets mixed_precision={env_mp} but the recipe says {recipe_mp}: precision "
+                f"is owned by the recipe (training.bf16/fp16); remove mixed_precision from the accelerate config"
+            )
+        tech = self.techniques
+        if tech.clipping.mode == "value" and _uses_sharding(t):
+            errors.append(
+                "techniques.clipping.mode=value cannot run under FSDP/DeepSpeed (gradients are sharded "
+                "and clipped by the engine): use mode=norm"
+            )
+        if tech.ema.enabled and not 0.0 < tech.ema.decay < 1.0:
+            errors.append(f"techniques.ema.decay must be in (0, 1), got {tech.ema.decay}")
+        if tech.lr.layer_decay is not None and not 0.0 < tech.lr.layer_decay <= 1.0:
+            errors.append(f"techniques.lr.layer_decay must be in (0, 1], got {tech.lr.layer_decay}")
+        if tech.freeze.first_n_blocks < 0:
+            errors.append("techniques.freeze.first_n_blocks must be >= 0")
+        if tech.lora.enabled and (tech.freeze.first_n_blocks or tech.freeze.embeddings):
+            errors.append("techniques.lora.enabled already freezes the base model: drop techniques.freeze.*")
+        if not 0.0 <= tech.loss.label_smoothing < 1.0:
+            errors.append("techniques.loss.label_smoothing must be in [0, 1)")
+        return errors
+
+    def output_dir(self) -> Path:
+        return Path(self.training.get("output_dir") or f"runs/{self.recipe or self.task}")
+
+
+def _uses_sharding(training: dict[str, Any]) -> bool:
+    return bool(training.get("fsdp") or training.get("deepspeed")) or os.environ.get(
+        "ACCELERATE_USE_FSDP", "false"
+    ).lower() == "true" or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+# --------------------------------------------------------------------------------------------------
+# Image classification
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation, passed to timm.data.create_transform(is_training=True)."""
+
+    scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
+    """RandomResizedCrop area range."""
+    ratio: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    hflip: float = 0.0
+    """Horizontal flip probability. Off by default: anatomy (chest X-rays) and digits are not symmetric."""
+    color_jitter: float = 0.0
+    auto_augment: str | None = None
+    """A timm auto-augment spec such as 'rand-m5-mstd0.5'."""
+    re_prob: float = 0.0
+    """Random erasing probability."""
+
+
+@dataclass
+class ImageModelConfig:
+    name: str = "resnet18"
+    """Any timm model name (resnet18, resnet50, test_resnet...) or a local saved model folder."""
+    pretrained: bool = False
+    """Load timm's pretrained weights from the Hub (needs network); false: random init."""
+    in_chans: int = 3
+    """3 keeps the model loadable by transformers' pipeline (which feeds RGB); 1 is faster for grayscale."""
+    image_size: int = 224
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class ImageDataConfig:
+    path: str | None = None
+    """A MedMNIST-style .npz, an image folder, a datasets name or saved path, or a built-in source."""
+    format: str = "auto"
+    """Data source kind (see hf_tune.data.IMAGE_SOURCES); auto picks by path."""
+    labels: list[str] | None = None
+    """Class names in label-id order; None: from the source (folder names, ClassLabel) or '0'..'k-1'."""
+    image_column: str = "image"
+    label_column: str = "label"
+    split: str = "auto"
+    """Split used by evaluate/predict: auto = test if present, else val, else the whole source."""
+    split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    """train:val:test ratios used to carve missing splits out of train (stratified, seeded)."""
+    split_seed: int = 42
+    max_train_samples: int | None = None
+    """Use a seeded, stratified subset of train (for quick runs)."""
+    max_eval_samples: int | None = None
+    augment: bool = True
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    verify_images: bool = True
+    """Open every image file once before training so a corrupt file fails early, by name."""
+
+
+@dataclass
+class ImageClassificationConfig(BaseConfig):
+    model: ImageModelConfig = field(default_factory=ImageModelConfig)
+    data: ImageDataConfig = field(default_factory=ImageDataConfig)
+
+    def validate(self) -> list[str]:
+        errors = super().validate()
+        errors += _validate_ratios(self.data.split_ratios)
+        if self.model.in_chans not in (1, 3):
+            errors.append(f"model.in_chans must be 1 or 3, got {self.model.in_chans}")
+        if self.model.image_size < 8:
+            errors.append(f"model.image_size must be >= 8, got {self.model.image_size}")
+        a = self.data.augmentation
+        if len(a.scale) != 2 or not 0 < a.scale[0] <= a.scale[1] <= 1:
+            errors.append(f"data.augmentation.scale must be [lo, hi] with 0 < lo <= hi <= 1, got {a.scale}")
+        return errors
+
+
+def _validate_ratios(ratios: list[float]) -> list[str]:
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6 or ratios[0] <= 0:
+        return [f"data.split_ratios must be three non-negative numbers summing to 1 (train > 0), got {ratios}"]
+    return []
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry of config schemas per recipe kind (recipe classes register under the same names)
+# --------------------------------------------------------------------------------------------------
+
+CONFIGS: Registry[type[BaseConfig]] = Registry("recipe kind (task)")
+CONFIGS.add("image_classification", ImageClassificationConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Generic typed walk: mapping -> dataclass, collecting errors
+# --------------------------------------------------------------------------------------------------
+
+_REMOVED_TRAINING_KEYS = {
+    "warmup_ratio": "removed in transformers 5: use training.warmup_steps with a float ratio, e.g. 0.1",
+    "evaluation_strategy": "renamed in transformers 5: use training.eval_strategy",
+    "overwrite_output_dir": "removed in transformers 5: use overwrite=true (top level)",
+    "logging_dir": "removed in transformers 5: TensorBoard logs go under training.output_dir",
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check(tp: Any, value: Any, key: str, errors: list[str]) -> Any:
+    """Return ``value`` converted to ``tp`` or append an error naming ``key``."""
+    if tp is Any or tp is object:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, errors, prefix=key)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            trial: list[str] = []
+            out = _check(option, value, key, trial)
+            if not trial:
+                return out
+        errors.append(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        return value
+    if origin is Literal:
+        if value not in args:
+            errors.append(f"{key}: must be one of {list(args)}, got {value!r}{did_you_mean(str(value), [str(a) for a in args])}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            errors.append(f"{key}: expected a list, got {value!r}")
+            return value
+        item_tp = args[0] if args else Any
+        return [_check(item_tp, v, f"{key}[{i}]", errors) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{key}: expected a mapping, got {value!r}")
+            return value
+        val_tp = args[1] if len(args) == 2 else Any
+        return {k: _check(val_tp, v, f"{key}.{k}", errors) for k, v in value.items()}
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        allowed = [m.value for m in tp]
+        if value in allowed or isinstance(value, tp):
+            return value
+        errors.append(f"{key}: must be one of {allowed}, got {value!r}{did_you_mean(str(value), [str(a) for a in allowed])}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            errors.append(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            errors.append(f"{key}: expected a number, got {value!r}")
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            errors.append(f"{key}: expected a string, got {value!r}")
+        return value
+    if isinstance(tp, type) and tp in (list, dict):
+        if not isinstance(value, tp):
+            errors.append(f"{key}: expected a {tp.__name__}, got {value!r}")
+        return value
+    return value  # complex third-party types: TrainingArguments itself checks them
+
+
+def build(cls: type, mapping: Any, errors: list[str], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``mapping``, appending every problem to ``errors``."""
+    where = prefix or "config"
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, dict):
+        errors.append(f"{where}: expected a mapping, got {mapping!r}")
+        return cls() if _all_defaulted(cls) else None
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    for k in mapping:
+        if k not in known:
+            errors.append(f"{_join(prefix, k)}: unknown key{did_you_mean(str(k), known)}")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        key = _join(prefix, f.name)
+        if f.name in mapping:
+            value = mapping[f.name]
+            if f.name == "training" and cls is not None and issubclass(cls, BaseConfig):
+                kwargs[f.name] = check_training_args(value, errors)
+            else:
+                kwargs[f.name] = _check(hints[f.name], value, key, errors)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            errors.append(f"{key}: required key is missing")
+            kwargs[f.name] = None
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # only reachable after errors were recorded above
+        errors.append(f"{where}: {exc}")
+        return None
+
+
+def _all_defaulted(cls: type) -> bool:
+    return all(
+        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        for f in dataclasses.fields(cls)
+    )
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def check_training_args(training: Any, errors: list[str]) -> dict[str, Any]:
+    """Check a ``training:`` mapping against TrainingArguments' own fields and annotated types."""
+    from transformers import TrainingArguments
+
+    if training is None:
+        return {}
+    if not isinstance(training, dict):
+        errors.append(f"training: expected a mapping of TrainingArguments, got {training!r}")
+        return {}
+    fields = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
+    hints = typing.get_type_hints(TrainingArguments)
+    out: dict[str, Any] = {}
+    for k, v in training.items():
+        key = f"training.{k}"
+        if k in _REMOVED_TRAINING_KEYS:
+            errors.append(f"{key}: {_REMOVED_TRAINING_KEYS[k]}")
+        elif k not in fields:
+            errors.append(f"{key}: not a TrainingArguments field{did_you_mean(k, list(fields))}")
+        else:
+            out[k] = _check(hints.get(k, Any), v, key, errors)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Recipe resolution and loading
+# --------------------------------------------------------------------------------------------------
+
+
+def recipes_dirs() -> list[Path]:
+    """Where named recipes are looked up, first match wins."""
+    dirs = []
+    if os.environ.get(RECIPES_DIR_ENV):
+        dirs.append(Path(os.environ[RECIPES_DIR_ENV]))
+    here = Path(__file__).resolve().parent
+    dirs += [here.parent / "recipes", here / "_shipped_recipes"]
+    return [d for d in dirs if d.is_dir()]
+
+
+def available_recipes() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in recipes_dirs():
+        for p in sorted(d.rglob("*.yaml")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def resolve_recipe(name: str) -> Path:
+    """Map ``recipe=NAME`` (or a path to a YAML file) to a file, or fail listing the real recipes."""
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError([f"recipe={name}: file not found"])
+        return p
+    recipes = available_recipes()
+    if name not in recipes:
+        raise ConfigError(
+            [f"recipe={name}: unknown recipe{did_you_mean(name, list(recipes))}; available: {', '.join(recipes)}"]
+        )
+    return recipes[name]
+
+
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Load a recipe YAML; a top-level ``base: NAME`` inherits another recipe and overrides it."""
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors carry line numbers; keep them
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    data = OmegaConf.to_container(raw, resolve=False) or {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: a recipe must be a mapping at the top level"])
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = resolve_recipe(str(base))
+    if base_path.resolve() in seen:
+        raise ConfigError([f"{path}: base recipes form a cycle through {base_path}"])
+    parent = _load_yaml(base_path, (*seen, path.resolve()))
+    merged = OmegaConf.merge(OmegaConf.create(parent), OmegaConf.create(data))
+    return OmegaConf.to_container(merged, resolve=False)  # type: ignore[return-value]
+
+
+def split_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """Split CLI arguments into the recipe name and ``key=value`` overrides."""
+    recipe, overrides, errors = None, [], []
+    for a in args:
+        if "=" not in a:
+            errors.append(f"argument {a!r}: expected key=value (e.g. training.learning_rate=3e-4)")
+        elif a.startswith("recipe="):
+            recipe = a.split("=", 1)[1]
+        else:
+            overrides.append(a)
+    if errors:
+        raise ConfigError(errors)
+    return recipe, overrides
+
+
+def merge_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides (values parsed as YAML) on top of ``base``."""
+    try:
+        dot = OmegaConf.from_dotlist(overrides)
+    except Exception as exc:
+        raise ConfigError([f"could not parse overrides {overrides}: {exc}"]) from exc
+    merged = OmegaConf.merge(OmegaConf.create(base), dot)
+    try:
+        return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
+    except Exception as exc:
+        raise ConfigError([f"interpolation failed: {exc}"]) from exc
+
+
+def from_mapping(data: dict[str, Any], source: str = "") -> BaseConfig:
+    """Validate a merged mapping into the schema of its ``task``; raise once with every error."""
+    task = data.get("task")
+    if task is None:
+        raise ConfigError(["task: required key is missing (e.g. task: image_classification)"], source)
+    if task not in CONFIGS:
+        raise ConfigError([f"task: unknown recipe kind {task!r}{did_you_mean(str(task), CONFIGS.names())}; "
+                           f"known: {', '.join(CONFIGS.names())}"], source)
+    errors: list[str] = []
+    cfg = build(CONFIGS.get(task), data, errors)
+    if cfg is not None and not errors:
+        errors += cfg.validate()
+    if errors:
+        raise ConfigError(errors, source)
+    return cfg
+
+
+def load_config(args: list[str]) -> BaseConfig:
+    """``["recipe=NAME", "a.b=1", ...]`` -> validated config. Overrides beat the YAML, which beats defaults."""
+    recipe, overrides = split_args(args)
+    if recipe is None:
+        names = ", ".join(available_recipes())
+        raise ConfigError([f"recipe=NAME is required; available: {names}"])
+    path = resolve_recipe(recipe)
+    data = merge_overrides(_load_yaml(path), overrides)
+    data.setdefault("recipe", path.stem)
+    return from_mapping(data, source=str(path))
+
+
+def load_saved_config(path: Path, overrides: list[str] = ()) -> BaseConfig:
+    """Load a resolved_config.yaml written by a run, with optional overrides (e.g. data.path=...)."""
+    data = yaml.safe_load(path.read_text()) or {}
+    data = merge_overrides(data, list(overrides))
+    return from_mapping(data, source=str(path))
+
+
+def to_dict(cfg: BaseConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: BaseConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: BaseConfig, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / RESOLVED_CONFIG_NAME
+    out.write_text(dump_yaml(cfg))
+    return out

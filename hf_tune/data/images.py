@@ -1,0 +1,312 @@
+"""Image classification data: sources, split carving, and timm transforms.
+
+Every source returns ``{split_name: ImageSplit}`` with split names normalised to train/val/test.
+Missing splits are carved out of train with a seeded, stratified split so results are reproducible.
+Problems (missing file, corrupt image, label outside the class list, empty split) raise
+:class:`DataError` naming the file and the fix, before any model is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from hf_tune.registry import Registry
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "dev": "val", "test": "test"}
+
+
+class DataError(ValueError):
+    """A data problem found before training, naming the file or key and how to fix it."""
+
+
+@dataclass
+class ImageSplit:
+    """One split: images (arrays, PIL images or file paths) with integer labels."""
+
+    items: Sequence[Any]
+    labels: np.ndarray
+    ids: list[str] = field(default_factory=list)
+    """A stable identifier per example (file path or index) used by predict output."""
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        if not self.ids:
+            self.ids = [str(i) for i in range(len(self.labels))]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> Image.Image:
+        return to_pil(self.items[i])
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> ImageSplit:
+        idx = list(map(int, idx))
+        items = self.items[idx] if isinstance(self.items, np.ndarray) else [self.items[i] for i in idx]
+        return ImageSplit(items, self.labels[idx], [self.ids[i] for i in idx])
+
+
+def to_pil(item: Any) -> Image.Image:
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, (str, Path)):
+        with Image.open(item) as im:
+            im.load()
+            return im
+    arr = np.asarray(item)
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    return Image.fromarray(arr)
+
+
+@dataclass
+class ImageSource:
+    """A loaded source: its splits and, when the source knows them, the class names."""
+
+    splits: dict[str, ImageSplit]
+    label_names: list[str] | None = None
+
+
+SourceFn = Callable[..., ImageSource]
+IMAGE_SOURCES: Registry[SourceFn] = Registry("image data format")
+
+
+@IMAGE_SOURCES.register("npz", detect=lambda p: p.endswith(".npz"))
+def load_npz(path: str, **_: Any) -> ImageSource:
+    """MedMNIST-style arrays: ``{split}_images`` (N,H,W[,C]) uint8 and ``{split}_labels``."""
+    with np.load(_existing(path)) as z:
+        files = set(z.files)
+        splits = {}
+        for name in ("train", "val", "test"):
+            if f"{name}_images" in files:
+                if f"{name}_labels" not in files:
+                    raise DataError(f"{path}: has {name}_images but no {name}_labels")
+                splits[name] = ImageSplit(z[f"{name}_images"], z[f"{name}_labels"])
+    if not splits:
+        raise DataError(f"{path}: no '<split>_images' arrays found (keys: {sorted(files)}); expected "
+                        f"train_images/train_labels[, val_*, test_*]")
+    return ImageSource(splits)
+
+
+@IMAGE_SOURCES.register("imagefolder", detect=lambda p: Path(p).is_dir() and not _is_hf_saved(Path(p)))
+def load_imagefolder(path: str, verify: bool = True, **_: Any) -> ImageSource:
+    """One subfolder per class, optionally under train/val/test folders."""
+    root = _existing(path)
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir())
+    split_dirs = {SPLIT_ALIASES[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_ALIASES}
+    roots = split_dirs or {"train": root}
+    classes = sorted({c.name for r in roots.values() for c in r.iterdir() if c.is_dir()})
+    if not classes:
+        raise DataError(f"{root}: no class subfolders found; expected {root}/<class>/<image files>")
+    splits = {}
+    for split, r in roots.items():
+        files, labels = [], []
+        for ci, c in enumerate(classes):
+            for f in sorted((r / c).glob("*")) if (r / c).is_dir() else []:
+                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                    files.append(str(f))
+                    labels.append(ci)
+        if verify:
+            _verify_images(files)
+        splits[split] = ImageSplit(files, np.array(labels), ids=files)
+    return ImageSource(splits, classes)
+
+
+@IMAGE_SOURCES.register("hf", detect=lambda p: True)
+def load_hf(path: str, image_column: str = "image", label_column: str = "label", **_: Any) -> ImageSource:
+    """A ``datasets`` dataset: a Hub name (online) or a folder written by ``save_to_disk``."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(path) if _is_hf_saved(Path(path)) else datasets.load_dataset(path)
+    except FileNotFoundError as exc:
+        raise DataError(f"data.path={path}: not a file, folder or reachable dataset ({exc})") from exc
+    if isinstance(ds, datasets.Dataset):
+        ds = datasets.DatasetDict({"train": ds})
+    splits, names = {}, None
+    for split_name, d in ds.items():
+        for col in (image_column, label_column):
+            if col not in d.column_names:
+                raise DataError(f"{path} [{split_name}]: no column {col!r} (columns: {d.column_names}); "
+                                f"set data.image_column / data.label_column")
+        feat = d.features[label_column]
+        names = names or getattr(feat, "names", None)
+        items = _LazyColumn(d, image_column)
+        splits[SPLIT_ALIASES.get(split_name, split_name)] = ImageSplit(items, np.asarray(d[label_column]))
+    return ImageSource(splits, names)
+
+
+@IMAGE_SOURCES.register("sklearn_digits", detect=lambda p: p in ("sklearn:digits", "sklearn_digits"))
+def load_sklearn_digits(path: str = "sklearn:digits", **_: Any) -> ImageSource:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes): real data, offline."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
+    return ImageSource({"train": ImageSplit(images, d.target)}, [str(i) for i in range(10)])
+
+
+class _LazyColumn(Sequence):
+    """Index a datasets column without decoding the whole column up front."""
+
+    def __init__(self, ds: Any, column: str) -> None:
+        self.ds, self.column = ds, column
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.ds[int(i)][self.column]
+
+
+def _is_hf_saved(p: Path) -> bool:
+    return (p / "dataset_dict.json").is_file() or (p / "state.json").is_file()
+
+
+def _existing(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data.path={path}: file or folder not found; check the path (relative to {Path.cwd()})")
+    return p
+
+
+def _verify_images(files: list[str]) -> None:
+    bad = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            bad.append(f"{f} ({type(exc).__name__})")
+    if bad:
+        shown = "\n    ".join(bad[:10])
+        raise DataError(f"{len(bad)} unreadable image file(s); remove or replace them "
+                        f"(or set data.verify_images=false to skip this check):\n    {shown}")
+
+
+def detect_format(path: str) -> str:
+    for entry in IMAGE_SOURCES:
+        if entry.name != "hf" and entry.meta["detect"](path):
+            return entry.name
+    return "hf"
+
+
+def load_image_source(path: str | None, fmt: str = "auto", **kwargs: Any) -> ImageSource:
+    if path is None and fmt == "auto":
+        raise DataError("data.path is not set: give a .npz, an image folder or a datasets name/path")
+    fmt = detect_format(path or "") if fmt == "auto" else fmt
+    return IMAGE_SOURCES.get(fmt)(path, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Splitting and checks (pure functions)
+# --------------------------------------------------------------------------------------------------
+
+
+def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (kept, taken) where ``taken`` holds ``fraction`` of every class (seeded)."""
+    rng = np.random.default_rng(seed)
+    kept, taken = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        n = int(round(len(idx) * fraction))
+        taken.append(idx[:n])
+        kept.append(idx[n:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(taken))
+
+
+def carve_splits(splits: dict[str, ImageSplit], ratios: Sequence[float], seed: int) -> dict[str, ImageSplit]:
+    """Carve missing val/test out of train with train:val:test ``ratios`` (stratified, seeded)."""
+    out = dict(splits)
+    if "train" not in out:
+        return out
+    _, r_val, r_test = ratios
+    train = out["train"]
+    missing = [s for s, r in (("val", r_val), ("test", r_test)) if s not in out and r > 0]
+    share = {"val": r_val, "test": r_test}
+    pool = r_val * ("val" in missing) + r_test * ("test" in missing) + ratios[0]
+    for s in missing:
+        frac = share[s] / pool
+        keep, take = stratified_indices(train.labels, frac, seed + (s == "test"))
+        out[s] = train.subset(take)
+        train = train.subset(keep)
+        pool -= share[s]
+    out["train"] = train
+    return out
+
+
+def check_labels(splits: dict[str, ImageSplit], num_labels: int, source: str) -> None:
+    for name, s in splits.items():
+        if len(s) == 0:
+            raise DataError(f"{source}: split {name!r} is empty; add examples or change data.split_ratios")
+        bad = s.labels[(s.labels < 0) | (s.labels >= num_labels)]
+        if bad.size:
+            raise DataError(f"{source}: split {name!r} has label id(s) {sorted(set(bad.tolist()))[:10]} outside "
+                            f"the {num_labels} classes; fix the labels or list every class in data.labels")
+
+
+def limit(split: ImageSplit, n: int | None, seed: int) -> ImageSplit:
+    """A seeded, stratified subset of at most ``n`` examples."""
+    if n is None or n >= len(split):
+        return split
+    _, take = stratified_indices(split.labels, n / len(split), seed)
+    return split.subset(take)
+
+
+# --------------------------------------------------------------------------------------------------
+# Transforms and the torch dataset Trainer consumes
+# --------------------------------------------------------------------------------------------------
+
+
+def pretrained_cfg(image_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+    """The data config saved in the model's config.json; TimmWrapperImageProcessor rebuilds eval
+    transforms from it, so training-time eval and ``pipeline`` preprocess identically."""
+    return {
+        "input_size": [in_chans, image_size, image_size],
+        "mean": list(mean)[:in_chans],
+        "std": list(std)[:in_chans],
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }
+
+
+def eval_transform(cfg: dict[str, Any]) -> Callable:
+    import timm.data
+
+    return timm.data.create_transform(**timm.data.resolve_data_config(cfg, verbose=False), is_training=False)
+
+
+def train_transform(cfg: dict[str, Any], scale: Sequence[float], ratio: Sequence[float], hflip: float,
+                    color_jitter: float, auto_augment: str | None, re_prob: float) -> Callable:
+    import timm.data
+
+    data_cfg = timm.data.resolve_data_config(cfg, verbose=False)
+    return timm.data.create_transform(
+        **data_cfg, is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip, vflip=0.0,
+        color_jitter=color_jitter or None, auto_augment=auto_augment, re_prob=re_prob,
+    )
+
+
+class TransformedImages(torch.utils.data.Dataset):
+    """Applies a transform per item and yields ``{"pixel_values", "labels"}`` for Trainer."""
+
+    def __init__(self, split: ImageSplit, transform: Callable, mode: str) -> None:
+        self.split, self.transform, self.mode = split, transform, mode
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        img = self.split.image(i).convert(self.mode)
+        return {"pixel_values": self.transform(img), "labels": int(self.split.labels[i])}

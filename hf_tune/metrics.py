@@ -1,0 +1,46 @@
+"""Metric functions (pure: arrays in, floats out), wrapped as Trainer ``compute_metrics``.
+
+They compute the same quantities as the `evaluate` library's accuracy/f1/precision/recall/roc_auc
+modules (which wrap scikit-learn too) without fetching metric scripts from the Hub at run time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro precision/recall/F1 and ROC-AUC (binary, or one-vs-rest macro for k > 2).
+
+    ROC-AUC is left out when the labels hold a single class, where it is undefined.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    probs = softmax(logits)
+    pred = probs.argmax(-1)
+    k = probs.shape[-1]
+    p, r, f1, _ = precision_recall_fscore_support(
+        labels, pred, labels=list(range(k)), average="macro", zero_division=0
+    )
+    out = {"accuracy": float(accuracy_score(labels, pred)), "f1_macro": float(f1),
+           "precision_macro": float(p), "recall_macro": float(r)}
+    present = np.unique(labels)
+    if len(present) > 1:
+        if k == 2:
+            out["roc_auc"] = float(roc_auc_score(labels, probs[:, 1]))
+        elif len(present) == k:
+            out["roc_auc"] = float(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+    return out
+
+
+def compute_classification_metrics(eval_pred) -> dict[str, float]:
+    """Trainer adapter for :func:`classification_metrics`."""
+    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    return classification_metrics(logits, eval_pred.label_ids)

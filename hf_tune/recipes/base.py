@@ -1,0 +1,202 @@
+"""The Recipe life cycle shared by every recipe kind: a Recipe *has* a Trainer (composition).
+
+``setup`` -> ``train`` -> ``evaluate`` -> ``save`` -> ``cleanup``. Subclasses supply the task parts
+(data, model, metrics, collator, prediction) through a handful of small methods.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from hf_tune.config import BaseConfig, ConfigError, save_config
+from hf_tune.registry import Registry
+
+FINAL_MODEL_DIR = "model"
+METRICS_FILE = "metrics.json"
+
+RECIPES: Registry[type[Recipe]] = Registry("recipe kind (task)")
+
+
+def log(msg: str) -> None:
+    """Progress messages go to stderr so stdout stays machine-readable (JSON lines)."""
+    print(f"[hf_tune] {msg}", file=sys.stderr, flush=True)
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def check_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> Path | None:
+    """Refuse to clobber finished or interrupted runs; return the checkpoint to resume from, if any.
+
+    A finished run has ``model/``; an interrupted one has only ``checkpoint-*`` folders.
+    """
+    finished = (output_dir / FINAL_MODEL_DIR).is_dir()
+    ckpts = checkpoints(output_dir)
+    if overwrite:
+        return None
+    if resume:
+        if not ckpts:
+            raise ConfigError([f"resume=true: no checkpoint-* folder in {output_dir} to resume from; "
+                               f"drop resume=true to start a new run"])
+        return ckpts[-1]
+    if finished:
+        raise ConfigError([f"training.output_dir={output_dir} already holds a finished run ({FINAL_MODEL_DIR}/); "
+                           f"choose another training.output_dir, or pass overwrite=true to replace it"])
+    if ckpts:
+        raise ConfigError([f"training.output_dir={output_dir} holds an interrupted run ({ckpts[-1].name}); pass "
+                           f"resume=true to continue it, or overwrite=true to start over"])
+    return None
+
+
+def clear_run(output_dir: Path) -> None:
+    """Remove what an earlier run wrote (only the folders hf_tune/Trainer create)."""
+    for p in [*checkpoints(output_dir), output_dir / FINAL_MODEL_DIR]:
+        if p.is_dir():
+            shutil.rmtree(p)
+
+
+class Recipe:
+    """Base class; subclasses register with ``@RECIPES.register("<task>")``."""
+
+    task: ClassVar[str] = ""
+    pipeline_task: ClassVar[str | None] = None
+
+    def __init__(self, cfg: BaseConfig) -> None:
+        self.cfg = cfg
+        self.output_dir = cfg.output_dir()
+        self.trainer = None
+        self.model = None
+        self.datasets: dict[str, Any] = {}
+        self.label_names: list[str] = []
+        self._resume_from: Path | None = None
+
+    # ---------------------------------------------------------------- life cycle
+    def setup(self) -> None:
+        from transformers import set_seed
+
+        self._setup_output_dir()  # first: a refused output_dir must fail before any loading
+        set_seed(int(self.cfg.training.get("seed", 42)))
+        self._setup_data()  # data before model: the label set sizes the head
+        self._setup_model()
+        self._setup_trainer()  # last: Trainer creates the optimizer lazily from the final model
+
+    def train(self) -> dict[str, float]:
+        if self._resume_from:
+            log(f"resuming from {self._resume_from}")
+        result = self.trainer.train(resume_from_checkpoint=str(self._resume_from) if self._resume_from else None)
+        return dict(result.metrics)
+
+    def evaluate(self) -> dict[str, float]:
+        """Metrics on val (``eval_*``) and, when there is one, test (``test_*``)."""
+        metrics: dict[str, float] = {}
+        for split, prefix in (("val", "eval"), ("test", "test")):
+            if split in self.datasets:
+                metrics.update(self.trainer.evaluate(self.datasets[split], metric_key_prefix=prefix))
+        return metrics
+
+    def save(self, metrics: dict[str, Any]) -> Path:
+        """Final model + resolved config + metrics in ``output_dir/model`` (rank 0 writes)."""
+        final = self.output_dir / FINAL_MODEL_DIR
+        self.trainer.save_model(str(final))
+        if self.trainer.is_world_process_zero():
+            self._save_extras(final)
+            save_config(self.cfg, final)
+            save_config(self.cfg, self.output_dir)
+            text = json.dumps(metrics, indent=2, sort_keys=True)
+            (final / METRICS_FILE).write_text(text)
+            (self.output_dir / METRICS_FILE).write_text(text)
+        return final
+
+    def cleanup(self) -> None:
+        self.trainer = None
+
+    # ---------------------------------------------------------------- helpers
+    def _setup_output_dir(self) -> None:
+        from accelerate import PartialState
+
+        self._resume_from = check_output_dir(self.output_dir, resume=self.cfg.resume, overwrite=self.cfg.overwrite)
+        state = PartialState()
+        if self.cfg.overwrite and state.is_main_process:
+            clear_run(self.output_dir)
+        state.wait_for_everyone()
+
+    def training_args(self, **overrides: Any):
+        from transformers import TrainingArguments
+
+        kwargs = {**self.cfg.training, "output_dir": str(self.output_dir), **overrides}
+        kwargs.pop("resume_from_checkpoint", None)  # hf_tune resolves resuming itself (resume=true)
+        return TrainingArguments(**kwargs)
+
+    def _setup_trainer(self) -> None:
+        from hf_tune.callbacks import SaveResolvedConfig
+        from hf_tune.trainer import HfTuneTrainer
+
+        args = self.training_args()
+        self.trainer = HfTuneTrainer(
+            model=self.model,
+            args=args,
+            train_dataset=self.datasets.get("train"),
+            eval_dataset=self.datasets.get("val"),
+            data_collator=self.data_collator(),
+            processing_class=self.processing_class(),
+            compute_metrics=self.compute_metrics,
+            callbacks=[SaveResolvedConfig(self.cfg)],
+        )
+
+    # ---------------------------------------------------------------- task hooks
+    def _setup_data(self) -> None:
+        raise NotImplementedError
+
+    def _setup_model(self) -> None:
+        raise NotImplementedError
+
+    def _save_extras(self, model_dir: Path) -> None:
+        """Anything the final folder needs beyond weights+config (e.g. a tokenizer)."""
+
+    def data_collator(self):
+        return None
+
+    def processing_class(self):
+        return None
+
+    def compute_metrics(self, eval_pred) -> dict[str, float]:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- saved-model entry points
+    @classmethod
+    def load_model(cls, model_dir: Path):
+        raise NotImplementedError
+
+    def eval_dataset(self, split: str) -> tuple[str, Any]:
+        """Build the dataset for ``hf-tune evaluate`` from ``cfg.data``; returns (split name, dataset)."""
+        raise NotImplementedError
+
+    def evaluate_saved(self, model_dir: Path) -> dict[str, Any]:
+        """Evaluate a saved model on ``cfg.data`` (used by ``hf-tune evaluate``)."""
+        import tempfile
+
+        from hf_tune.trainer import HfTuneTrainer
+
+        self.model = self.load_model(model_dir)
+        self.label_names = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        split, ds = self.eval_dataset(getattr(self.cfg.data, "split", "auto"))
+        with tempfile.TemporaryDirectory() as tmp:
+            args = self.training_args(output_dir=tmp, report_to="none", push_to_hub=False, eval_strategy="no",
+                                      save_strategy="no", load_best_model_at_end=False)
+            trainer = HfTuneTrainer(model=self.model, args=args, data_collator=self.data_collator(),
+                                    processing_class=self.processing_class(), compute_metrics=self.compute_metrics)
+            metrics = trainer.evaluate(ds, metric_key_prefix=split)
+        keep = {k.removeprefix(f"{split}_"): v for k, v in metrics.items()
+                if not k.endswith(("_runtime", "_per_second", "_steps_per_second"))}
+        return {"split": split, "num_examples": len(ds), **keep}
+
+    def predict(self, model_dir: Path, source: str, batch_size: int = 32) -> Iterator[dict[str, Any]]:
+        """Yield one JSON-able prediction per input (used by ``hf-tune predict``)."""
+        raise NotImplementedError

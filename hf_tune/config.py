@@ -128,8 +128,8 @@ class LossConfig:
     focal_alpha: float | None = None
     """Binary-style alpha for focal loss: weight alpha on the positive/rare classes, 1-alpha on class 0."""
     class_weights: list[float] | Literal["balanced"] | None = None
-    """Per-class weights, or 'balanced' to compute n / (k * count_c) from the training labels."""
-    label_smoothing: float = 0.0
+    """Per-class weights, or 'balanced' to compute n / (k * count_c) from the training labels.
+    Label smoothing is Trainer's own ``training.label_smoothing_factor`` (custom losses honour it too)."""
 
 
 @dataclass
@@ -227,8 +227,6 @@ class BaseConfig:
             errors.append("techniques.freeze.first_n_blocks must be >= 0")
         if tech.lora.enabled and (tech.freeze.first_n_blocks or tech.freeze.embeddings):
             errors.append("techniques.lora.enabled already freezes the base model: drop techniques.freeze.*")
-        if not 0.0 <= tech.loss.label_smoothing < 1.0:
-            errors.append("techniques.loss.label_smoothing must be in [0, 1)")
         return errors
 
     def output_dir(self) -> Path:
@@ -295,6 +293,9 @@ class ImageDataConfig:
     max_eval_samples: int | None = None
     augment: bool = True
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    cache_mb: float = 2048.0
+    """Memory budget for caching deterministically transformed images (eval splits, and train when
+    augment=false); 0 disables caching."""
     verify_images: bool = True
     """Open every image file once before training so a corrupt file fails early, by name."""
 
@@ -473,8 +474,16 @@ def check_training_args(training: Any, errors: list[str]) -> dict[str, Any]:
         elif k not in fields:
             errors.append(f"{key}: not a TrainingArguments field{did_you_mean(k, list(fields))}")
         else:
-            out[k] = _check(hints.get(k, Any), v, key, errors)
+            tp = hints.get(k, Any)
+            if isinstance(v, bool) and _accepts_str_not_bool(tp):
+                v = "no" if v is False else "yes"  # YAML 1.1 reads `eval_strategy=no` as false
+            out[k] = _check(tp, v, key, errors)
     return out
+
+
+def _accepts_str_not_bool(tp: Any) -> bool:
+    options = typing.get_args(tp) or (tp,)
+    return str in options and bool not in options
 
 
 # --------------------------------------------------------------------------------------------------

@@ -299,14 +299,28 @@ def train_transform(cfg: dict[str, Any], scale: Sequence[float], ratio: Sequence
 
 
 class TransformedImages(torch.utils.data.Dataset):
-    """Applies a transform per item and yields ``{"pixel_values", "labels"}`` for Trainer."""
+    """Applies a transform per item and yields ``{"pixel_values", "labels"}`` for Trainer.
 
-    def __init__(self, split: ImageSplit, transform: Callable, mode: str) -> None:
+    With ``cache_mb`` > 0 and a deterministic transform (eval, or training without augmentation), every
+    item is transformed once up front and kept as one tensor when it fits: decoding and resizing each
+    image again every epoch cost ~15% of ResNet-18 throughput at 64 px on 2 CPU cores.
+    """
+
+    def __init__(self, split: ImageSplit, transform: Callable, mode: str, cache_mb: float = 0.0) -> None:
         self.split, self.transform, self.mode = split, transform, mode
+        self.cache: torch.Tensor | None = None
+        if cache_mb > 0 and len(split):
+            first = self._transform(0)
+            if first.numel() * first.element_size() * len(split) <= cache_mb * 2**20:
+                self.cache = torch.stack([first, *(self._transform(i) for i in range(1, len(split)))])
+        self.labels = torch.as_tensor(split.labels)
+
+    def _transform(self, i: int) -> torch.Tensor:
+        return self.transform(self.split.image(i).convert(self.mode))
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        img = self.split.image(i).convert(self.mode)
-        return {"pixel_values": self.transform(img), "labels": int(self.split.labels[i])}
+        x = self.cache[i] if self.cache is not None else self._transform(i)
+        return {"pixel_values": x, "labels": self.labels[i]}

@@ -194,7 +194,7 @@ class Recipe:
                                     processing_class=self.processing_class(), compute_metrics=self.compute_metrics)
             metrics = trainer.evaluate(ds, metric_key_prefix=split)
         keep = {k.removeprefix(f"{split}_"): v for k, v in metrics.items()
-                if not k.endswith(("_runtime", "_per_second", "_steps_per_second"))}
+                if not k.endswith(("_runtime", "_per_second", "_preparation_time", "epoch"))}
         return {"split": split, "num_examples": len(ds), **keep}
 
     def predict(self, model_dir: Path, source: str, batch_size: int = 32) -> Iterator[dict[str, Any]]:

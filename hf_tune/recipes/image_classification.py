@@ -30,7 +30,9 @@ from hf_tune.recipes.base import RECIPES, Recipe, log
 
 def resolve_label_names(configured: list[str] | None, source: ImageSource, path: str | None) -> list[str]:
     """Class names in id order: configured > source's own > '0'..'k-1' from the largest label id."""
-    if configured and source.label_names and sorted(configured) != sorted(source.label_names):
+    if configured and source.label_names and [c.lower() for c in configured] != [
+        c.lower() for c in source.label_names
+    ]:
         raise DataError(f"data.labels={configured} does not match the classes found in {path}: "
                         f"{source.label_names}; fix data.labels or the folder names")
     if configured:
@@ -81,8 +83,11 @@ class ImageClassificationRecipe(Recipe):
         a = d.augmentation
         tr = train_transform(pcfg, a.scale, a.ratio, a.hflip, a.color_jitter, a.auto_augment, a.re_prob) \
             if d.augment else ev
-        self.datasets = {name: TransformedImages(s, tr if name == "train" else ev, self._mode)
-                         for name, s in self._splits.items()}
+        self.datasets = {
+            name: TransformedImages(s, tr if name == "train" else ev, self._mode,
+                                    cache_mb=0.0 if name == "train" and d.augment else d.cache_mb)
+            for name, s in self._splits.items()
+        }
 
     def compute_metrics(self, eval_pred) -> dict[str, float]:
         return compute_classification_metrics(eval_pred)

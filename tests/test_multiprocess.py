@@ -1,0 +1,33 @@
+"""The 2-process CPU launch (gloo) through `accelerate launch hf_tune/train.py`."""
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from .conftest import REPO, python
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+
+def test_two_process_cpu_ddp(tiny_image_args, tmp_path):
+    args = [a for a in tiny_image_args if not a.startswith("training.eval_strategy")]
+    args += ["training.eval_strategy=steps", "training.eval_steps=2", "training.per_device_train_batch_size=4"]
+    cmd = [python(), "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", "29533",
+           str(REPO / "hf_tune" / "train.py"), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = dict(re.findall(r"\[hf_tune\] rank (\d) metrics (\{.*\})", r.stderr))
+    assert set(ranks) == {"0", "1"}, "both ranks must finish training"
+    m0, m1 = json.loads(ranks["0"]), json.loads(ranks["1"])
+    for key in ("eval_accuracy", "eval_loss", "test_accuracy"):
+        assert m0[key] == pytest.approx(m1[key]), key  # metrics are gathered over both ranks
+    assert r.stderr.count("model saved to") == 1  # only rank 0 writes
+    run = tmp_path / "run"
+    state = json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert (run / "model" / "model.safetensors").is_file()
+    # 48 train images, 2 ranks x batch 4 = 8 per step: 4 steps see 32 samples
+    assert state["train_batch_size"] == 4

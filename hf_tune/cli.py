@@ -17,7 +17,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from hf_tune.config import RESOLVED_CONFIG_NAME, ConfigError, available_recipes, load_config, load_saved_config
+from hf_tune.config import (
+    RESOLVED_CONFIG_NAME,
+    ConfigError,
+    available_recipes,
+    load_config,
+    load_saved_config,
+)
 from hf_tune.data.images import DataError
 from hf_tune.modeling import ModelLoadError
 from hf_tune.registry import Registry, RegistryError
@@ -91,8 +97,10 @@ def _model_dir(run_or_model: str) -> Path:
     for d in (p / "model", p):
         if (d / RESOLVED_CONFIG_NAME).is_file():
             return d
-    raise FileNotFoundError(f"{run_or_model}: no {RESOLVED_CONFIG_NAME} here or in {p / 'model'}; "
-                            f"pass a run folder (training.output_dir) or its model/ folder")
+    raise FileNotFoundError(
+        f"{run_or_model}: no {RESOLVED_CONFIG_NAME} here or in {p / 'model'}; "
+        f"pass a run folder (training.output_dir) or its model/ folder"
+    )
 
 
 def _split_extra(overrides: list[str], extra: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:

@@ -234,9 +234,11 @@ class BaseConfig:
 
 
 def _uses_sharding(training: dict[str, Any]) -> bool:
-    return bool(training.get("fsdp") or training.get("deepspeed")) or os.environ.get(
-        "ACCELERATE_USE_FSDP", "false"
-    ).lower() == "true" or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    return (
+        bool(training.get("fsdp") or training.get("deepspeed"))
+        or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -368,7 +370,9 @@ def _check(tp: Any, value: Any, key: str, errors: list[str]) -> Any:
         return value
     if origin is Literal:
         if value not in args:
-            errors.append(f"{key}: must be one of {list(args)}, got {value!r}{did_you_mean(str(value), [str(a) for a in args])}")
+            errors.append(
+                f"{key}: must be one of {list(args)}, got {value!r}{did_you_mean(str(value), [str(a) for a in args])}"
+            )
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -386,7 +390,9 @@ def _check(tp: Any, value: Any, key: str, errors: list[str]) -> Any:
         allowed = [m.value for m in tp]
         if value in allowed or isinstance(value, tp):
             return value
-        errors.append(f"{key}: must be one of {allowed}, got {value!r}{did_you_mean(str(value), [str(a) for a in allowed])}")
+        errors.append(
+            f"{key}: must be one of {allowed}, got {value!r}{did_you_mean(str(value), [str(a) for a in allowed])}"
+        )
         return value
     if tp is bool:
         if not isinstance(value, bool):
@@ -578,8 +584,13 @@ def from_mapping(data: dict[str, Any], source: str = "") -> BaseConfig:
     if task is None:
         raise ConfigError(["task: required key is missing (e.g. task: image_classification)"], source)
     if task not in CONFIGS:
-        raise ConfigError([f"task: unknown recipe kind {task!r}{did_you_mean(str(task), CONFIGS.names())}; "
-                           f"known: {', '.join(CONFIGS.names())}"], source)
+        raise ConfigError(
+            [
+                f"task: unknown recipe kind {task!r}{did_you_mean(str(task), CONFIGS.names())}; "
+                f"known: {', '.join(CONFIGS.names())}"
+            ],
+            source,
+        )
     errors: list[str] = []
     cfg = build(CONFIGS.get(task), data, errors)
     if cfg is not None and not errors:

@@ -26,11 +26,13 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     probs = softmax(logits)
     pred = probs.argmax(-1)
     k = probs.shape[-1]
-    p, r, f1, _ = precision_recall_fscore_support(
-        labels, pred, labels=list(range(k)), average="macro", zero_division=0
-    )
-    out = {"accuracy": float(accuracy_score(labels, pred)), "f1_macro": float(f1),
-           "precision_macro": float(p), "recall_macro": float(r)}
+    p, r, f1, _ = precision_recall_fscore_support(labels, pred, labels=list(range(k)), average="macro", zero_division=0)
+    out = {
+        "accuracy": float(accuracy_score(labels, pred)),
+        "f1_macro": float(f1),
+        "precision_macro": float(p),
+        "recall_macro": float(r),
+    }
     present = np.unique(labels)
     if len(present) > 1:
         if k == 2:

@@ -44,12 +44,15 @@ def build_timm_classifier(
         timm_model = timm.create_model(name, pretrained=pretrained, num_classes=num_labels, **model_args)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
-            raise ModelLoadError(f"model.name={name}: not a timm model (try resnet18, resnet50; "
-                                 f"timm.list_models('resnet*') lists more)") from exc
+            raise ModelLoadError(
+                f"model.name={name}: not a timm model (try resnet18, resnet50; timm.list_models('resnet*') lists more)"
+            ) from exc
         raise
     except OSError as exc:  # Hub unreachable or no weights for this name
-        raise ModelLoadError(f"model.name={name} with model.pretrained=true: could not fetch weights from the "
-                             f"Hugging Face Hub ({exc}); use model.pretrained=false offline") from exc
+        raise ModelLoadError(
+            f"model.name={name} with model.pretrained=true: could not fetch weights from the "
+            f"Hugging Face Hub ({exc}); use model.pretrained=false offline"
+        ) from exc
     if pretrained:
         cfg = timm_model.pretrained_cfg
         mean, std = tuple(cfg.get("mean", GRAY_MEAN_STD[0])), tuple(cfg.get("std", GRAY_MEAN_STD[1]))

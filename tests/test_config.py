@@ -33,8 +33,16 @@ def test_every_recipe_kind_has_a_schema_and_a_recipe_class():
 
 def test_recipe_by_path_and_override_precedence(tmp_path: Path):
     p = tmp_path / "mine.yaml"
-    p.write_text(yaml.safe_dump({"task": "image_classification", "description": "x",
-                                 "model": {"image_size": 48}, "training": {"learning_rate": 0.1}}))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "task": "image_classification",
+                "description": "x",
+                "model": {"image_size": 48},
+                "training": {"learning_rate": 0.1},
+            }
+        )
+    )
     cfg = load_config([f"recipe={p}", "training.learning_rate=3e-4"])
     assert isinstance(cfg, ImageClassificationConfig)
     assert cfg.training["learning_rate"] == pytest.approx(3e-4)  # override beats YAML
@@ -50,8 +58,16 @@ def test_base_recipe_inheritance():
 
 def test_all_errors_reported_at_once_with_did_you_mean():
     with pytest.raises(ConfigError) as exc:
-        load_config(["recipe=quickstart", "model.nmae=resnet50", "training.learning_rat=1",
-                     "model.image_size=big", "training.warmup_ratio=0.1", "training.num_train_epochs=abc"])
+        load_config(
+            [
+                "recipe=quickstart",
+                "model.nmae=resnet50",
+                "training.learning_rat=1",
+                "model.image_size=big",
+                "training.warmup_ratio=0.1",
+                "training.num_train_epochs=abc",
+            ]
+        )
     msg = str(exc.value)
     assert "5 problem(s)" in msg
     assert 'model.nmae: unknown key (did you mean "name"?)' in msg

@@ -34,8 +34,10 @@ def test_carve_811_from_train_only():
 
 
 def test_carve_keeps_existing_val_and_respects_zero_test():
-    splits = {"train": ImageSplit(np.zeros((90, 2, 2)), np.arange(90) % 2),
-              "val": ImageSplit(np.zeros((10, 2, 2)), np.arange(10) % 2)}
+    splits = {
+        "train": ImageSplit(np.zeros((90, 2, 2)), np.arange(90) % 2),
+        "val": ImageSplit(np.zeros((10, 2, 2)), np.arange(10) % 2),
+    }
     out = carve_splits(splits, [0.9, 0.1, 0.0], seed=0)
     assert set(out) == {"train", "val"} and len(out["train"]) == 90
 
@@ -48,14 +50,14 @@ def test_npz_source(tiny_npz: Path):
 
 def test_imagefolder_source_and_corrupt_image(tmp_path: Path):
     x, y = make_images(6)
-    for i, (img, label) in enumerate(zip(x, y.ravel())):
+    for i, (img, label) in enumerate(zip(x, y.ravel(), strict=True)):
         d = tmp_path / "imgs" / ("cat" if label else "dog")
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(d / f"{i}.png")
     src = load_image_source(str(tmp_path / "imgs"))
     assert src.label_names == ["cat", "dog"] and len(src.splits["train"]) == 6
     (tmp_path / "imgs" / "cat" / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(DataError, match=r"unreadable image.*broken\.png"):
+    with pytest.raises(DataError, match=r"(?s)unreadable image.*broken\.png"):
         load_image_source(str(tmp_path / "imgs"))
 
 

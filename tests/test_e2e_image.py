@@ -94,7 +94,8 @@ def test_bad_inputs_fail_before_training(tiny_image_args, tmp_path, capsys):
 def test_script_entry_point_runs_as_a_file(tiny_image_args, tmp_path):
     """`python hf_tune/train.py` (what accelerate launches) works without shadowing installed packages."""
     args = [a.replace("training.max_steps=4", "training.max_steps=2") for a in tiny_image_args]
-    r = subprocess.run([python(), str(REPO / "hf_tune" / "train.py"), *args], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=300)
+    r = subprocess.run(
+        [python(), str(REPO / "hf_tune" / "train.py"), *args], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["model_dir"].endswith("model")

@@ -14,9 +14,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 def test_two_process_cpu_ddp(tiny_image_args, tmp_path):
     args = [a for a in tiny_image_args if not a.startswith("training.eval_strategy")]
     args += ["training.eval_strategy=steps", "training.eval_steps=2", "training.per_device_train_batch_size=4"]
-    cmd = [python(), "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", "29533",
-           str(REPO / "hf_tune" / "train.py"), *args]
+    cmd = [
+        python(),
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "accelerate_configs" / "cpu_ddp.yaml"),
+        "--main_process_port",
+        "29533",
+        str(REPO / "hf_tune" / "train.py"),
+        *args,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = dict(re.findall(r"\[hf_tune\] rank (\d) metrics (\{.*\})", r.stderr))

@@ -92,8 +92,10 @@ def load_npz(path: str, **_: Any) -> ImageSource:
                     raise DataError(f"{path}: has {name}_images but no {name}_labels")
                 splits[name] = ImageSplit(z[f"{name}_images"], z[f"{name}_labels"])
     if not splits:
-        raise DataError(f"{path}: no '<split>_images' arrays found (keys: {sorted(files)}); expected "
-                        f"train_images/train_labels[, val_*, test_*]")
+        raise DataError(
+            f"{path}: no '<split>_images' arrays found (keys: {sorted(files)}); expected "
+            f"train_images/train_labels[, val_*, test_*]"
+        )
     return ImageSource(splits)
 
 
@@ -136,8 +138,10 @@ def load_hf(path: str, image_column: str = "image", label_column: str = "label",
     for split_name, d in ds.items():
         for col in (image_column, label_column):
             if col not in d.column_names:
-                raise DataError(f"{path} [{split_name}]: no column {col!r} (columns: {d.column_names}); "
-                                f"set data.image_column / data.label_column")
+                raise DataError(
+                    f"{path} [{split_name}]: no column {col!r} (columns: {d.column_names}); "
+                    f"set data.image_column / data.label_column"
+                )
         feat = d.features[label_column]
         names = names or getattr(feat, "names", None)
         items = _LazyColumn(d, image_column)
@@ -189,8 +193,10 @@ def _verify_images(files: list[str]) -> None:
             bad.append(f"{f} ({type(exc).__name__})")
     if bad:
         shown = "\n    ".join(bad[:10])
-        raise DataError(f"{len(bad)} unreadable image file(s); remove or replace them "
-                        f"(or set data.verify_images=false to skip this check):\n    {shown}")
+        raise DataError(
+            f"{len(bad)} unreadable image file(s); remove or replace them "
+            f"(or set data.verify_images=false to skip this check):\n    {shown}"
+        )
 
 
 def detect_format(path: str) -> str:
@@ -251,8 +257,10 @@ def check_labels(splits: dict[str, ImageSplit], num_labels: int, source: str) ->
             raise DataError(f"{source}: split {name!r} is empty; add examples or change data.split_ratios")
         bad = s.labels[(s.labels < 0) | (s.labels >= num_labels)]
         if bad.size:
-            raise DataError(f"{source}: split {name!r} has label id(s) {sorted(set(bad.tolist()))[:10]} outside "
-                            f"the {num_labels} classes; fix the labels or list every class in data.labels")
+            raise DataError(
+                f"{source}: split {name!r} has label id(s) {sorted(set(bad.tolist()))[:10]} outside "
+                f"the {num_labels} classes; fix the labels or list every class in data.labels"
+            )
 
 
 def limit(split: ImageSplit, n: int | None, seed: int) -> ImageSplit:
@@ -287,14 +295,28 @@ def eval_transform(cfg: dict[str, Any]) -> Callable:
     return timm.data.create_transform(**timm.data.resolve_data_config(cfg, verbose=False), is_training=False)
 
 
-def train_transform(cfg: dict[str, Any], scale: Sequence[float], ratio: Sequence[float], hflip: float,
-                    color_jitter: float, auto_augment: str | None, re_prob: float) -> Callable:
+def train_transform(
+    cfg: dict[str, Any],
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    hflip: float,
+    color_jitter: float,
+    auto_augment: str | None,
+    re_prob: float,
+) -> Callable:
     import timm.data
 
     data_cfg = timm.data.resolve_data_config(cfg, verbose=False)
     return timm.data.create_transform(
-        **data_cfg, is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip, vflip=0.0,
-        color_jitter=color_jitter or None, auto_augment=auto_augment, re_prob=re_prob,
+        **data_cfg,
+        is_training=True,
+        scale=tuple(scale),
+        ratio=tuple(ratio),
+        hflip=hflip,
+        vflip=0.0,
+        color_jitter=color_jitter or None,
+        auto_augment=auto_augment,
+        re_prob=re_prob,
     )
 
 

@@ -43,15 +43,27 @@ def check_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> Path
         return None
     if resume:
         if not ckpts:
-            raise ConfigError([f"resume=true: no checkpoint-* folder in {output_dir} to resume from; "
-                               f"drop resume=true to start a new run"])
+            raise ConfigError(
+                [
+                    f"resume=true: no checkpoint-* folder in {output_dir} to resume from; "
+                    f"drop resume=true to start a new run"
+                ]
+            )
         return ckpts[-1]
     if finished:
-        raise ConfigError([f"training.output_dir={output_dir} already holds a finished run ({FINAL_MODEL_DIR}/); "
-                           f"choose another training.output_dir, or pass overwrite=true to replace it"])
+        raise ConfigError(
+            [
+                f"training.output_dir={output_dir} already holds a finished run ({FINAL_MODEL_DIR}/); "
+                f"choose another training.output_dir, or pass overwrite=true to replace it"
+            ]
+        )
     if ckpts:
-        raise ConfigError([f"training.output_dir={output_dir} holds an interrupted run ({ckpts[-1].name}); pass "
-                           f"resume=true to continue it, or overwrite=true to start over"])
+        raise ConfigError(
+            [
+                f"training.output_dir={output_dir} holds an interrupted run ({ckpts[-1].name}); pass "
+                f"resume=true to continue it, or overwrite=true to start over"
+            ]
+        )
     return None
 
 
@@ -60,6 +72,20 @@ def clear_run(output_dir: Path) -> None:
     for p in [*checkpoints(output_dir), output_dir / FINAL_MODEL_DIR]:
         if p.is_dir():
             shutil.rmtree(p)
+
+
+def use_cpu_backend_for_multiprocess() -> None:
+    """Several processes and no GPU: ask accelerate for CPU DDP over gloo.
+
+    accelerate only picks its MULTI_CPU mode when told ``cpu``; its own MULTI_CPU launcher needs mpirun,
+    so ``accelerate_configs/cpu_ddp.yaml`` uses the torchrun launcher and this fills in the rest.
+    """
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
 class Recipe:
@@ -81,7 +107,8 @@ class Recipe:
     def setup(self) -> None:
         from transformers import set_seed
 
-        self._setup_output_dir()  # first: a refused output_dir must fail before any loading
+        self.args = self.training_args()  # first: it initialises the (possibly distributed) process state
+        self._setup_output_dir()  # before loading anything: a refused output_dir must fail fast
         set_seed(int(self.cfg.training.get("seed", 42)))
         self._setup_data()  # data before model: the label set sizes the head
         self._setup_model()
@@ -119,10 +146,8 @@ class Recipe:
 
     # ---------------------------------------------------------------- helpers
     def _setup_output_dir(self) -> None:
-        from accelerate import PartialState
-
         self._resume_from = check_output_dir(self.output_dir, resume=self.cfg.resume, overwrite=self.cfg.overwrite)
-        state = PartialState()
+        state = self.args.distributed_state
         if self.cfg.overwrite and state.is_main_process:
             clear_run(self.output_dir)
         state.wait_for_everyone()
@@ -130,18 +155,18 @@ class Recipe:
     def training_args(self, **overrides: Any):
         from transformers import TrainingArguments
 
+        use_cpu_backend_for_multiprocess()
         kwargs = {**self.cfg.training, "output_dir": str(self.output_dir), **overrides}
         kwargs.pop("resume_from_checkpoint", None)  # hf_tune resolves resuming itself (resume=true)
         return TrainingArguments(**kwargs)
 
     def _setup_trainer(self) -> None:
-        from hf_tune.callbacks import SaveResolvedConfig
+        from hf_tune.callbacks import SaveResolvedConfig, route_logs_to_stderr
         from hf_tune.trainer import HfTuneTrainer
 
-        args = self.training_args()
         self.trainer = HfTuneTrainer(
             model=self.model,
-            args=args,
+            args=self.args,
             train_dataset=self.datasets.get("train"),
             eval_dataset=self.datasets.get("val"),
             data_collator=self.data_collator(),
@@ -149,6 +174,7 @@ class Recipe:
             compute_metrics=self.compute_metrics,
             callbacks=[SaveResolvedConfig(self.cfg)],
         )
+        route_logs_to_stderr(self.trainer)
 
     # ---------------------------------------------------------------- task hooks
     def _setup_data(self) -> None:
@@ -182,19 +208,35 @@ class Recipe:
         """Evaluate a saved model on ``cfg.data`` (used by ``hf-tune evaluate``)."""
         import tempfile
 
+        from hf_tune.callbacks import route_logs_to_stderr
         from hf_tune.trainer import HfTuneTrainer
 
         self.model = self.load_model(model_dir)
         self.label_names = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         split, ds = self.eval_dataset(getattr(self.cfg.data, "split", "auto"))
         with tempfile.TemporaryDirectory() as tmp:
-            args = self.training_args(output_dir=tmp, report_to="none", push_to_hub=False, eval_strategy="no",
-                                      save_strategy="no", load_best_model_at_end=False)
-            trainer = HfTuneTrainer(model=self.model, args=args, data_collator=self.data_collator(),
-                                    processing_class=self.processing_class(), compute_metrics=self.compute_metrics)
+            args = self.training_args(
+                output_dir=tmp,
+                report_to="none",
+                push_to_hub=False,
+                eval_strategy="no",
+                save_strategy="no",
+                load_best_model_at_end=False,
+            )
+            trainer = HfTuneTrainer(
+                model=self.model,
+                args=args,
+                data_collator=self.data_collator(),
+                processing_class=self.processing_class(),
+                compute_metrics=self.compute_metrics,
+            )
+            route_logs_to_stderr(trainer)
             metrics = trainer.evaluate(ds, metric_key_prefix=split)
-        keep = {k.removeprefix(f"{split}_"): v for k, v in metrics.items()
-                if not k.endswith(("_runtime", "_per_second", "_preparation_time", "epoch"))}
+        keep = {
+            k.removeprefix(f"{split}_"): v
+            for k, v in metrics.items()
+            if not k.endswith(("_runtime", "_per_second", "_preparation_time", "epoch"))
+        }
         return {"split": split, "num_examples": len(ds), **keep}
 
     def predict(self, model_dir: Path, source: str, batch_size: int = 32) -> Iterator[dict[str, Any]]:

@@ -23,18 +23,18 @@ from hf_tune.data.images import (
     load_image_source,
     train_transform,
 )
-from hf_tune.metrics import classification_metrics, compute_classification_metrics, softmax
+from hf_tune.metrics import compute_classification_metrics, softmax
 from hf_tune.modeling import build_timm_classifier
 from hf_tune.recipes.base import RECIPES, Recipe, log
 
 
 def resolve_label_names(configured: list[str] | None, source: ImageSource, path: str | None) -> list[str]:
     """Class names in id order: configured > source's own > '0'..'k-1' from the largest label id."""
-    if configured and source.label_names and [c.lower() for c in configured] != [
-        c.lower() for c in source.label_names
-    ]:
-        raise DataError(f"data.labels={configured} does not match the classes found in {path}: "
-                        f"{source.label_names}; fix data.labels or the folder names")
+    if configured and source.label_names and [c.lower() for c in configured] != [c.lower() for c in source.label_names]:
+        raise DataError(
+            f"data.labels={configured} does not match the classes found in {path}: "
+            f"{source.label_names}; fix data.labels or the folder names"
+        )
     if configured:
         return list(configured)
     if source.label_names:
@@ -52,8 +52,9 @@ class ImageClassificationRecipe(Recipe):
     def _load_splits(self, known_labels: list[str] | None = None) -> dict[str, ImageSplit]:
         """Load and split ``cfg.data``; ``known_labels`` (a saved model's classes) bounds the label ids."""
         d = self.cfg.data
-        source = load_image_source(d.path, d.format, image_column=d.image_column, label_column=d.label_column,
-                                   verify=d.verify_images)
+        source = load_image_source(
+            d.path, d.format, image_column=d.image_column, label_column=d.label_column, verify=d.verify_images
+        )
         self.label_names = known_labels or resolve_label_names(d.labels, source, d.path)
         splits = carve_splits(source.splits, d.split_ratios, d.split_seed)
         check_labels(splits, len(self.label_names), d.path or d.format)
@@ -67,25 +68,41 @@ class ImageClassificationRecipe(Recipe):
             if s in splits:
                 splits[s] = limit(splits[s], d.max_eval_samples, d.split_seed)
         self._splits = splits
-        log(f"data: {d.path or d.format} -> " + ", ".join(f"{k}={len(v)}" for k, v in splits.items())
-            + f"; classes={self.label_names}")
+        log(
+            f"data: {d.path or d.format} -> "
+            + ", ".join(f"{k}={len(v)}" for k, v in splits.items())
+            + f"; classes={self.label_names}"
+        )
         self._mode = "L" if m.in_chans == 1 else "RGB"
 
     def _setup_model(self) -> None:
         m, d = self.cfg.model, self.cfg.data
         self.model = build_timm_classifier(
-            m.name, len(self.label_names), dict(enumerate(self.label_names)), pretrained=m.pretrained,
-            in_chans=m.in_chans, image_size=m.image_size, drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate,
+            m.name,
+            len(self.label_names),
+            dict(enumerate(self.label_names)),
+            pretrained=m.pretrained,
+            in_chans=m.in_chans,
+            image_size=m.image_size,
+            drop_rate=m.drop_rate,
+            drop_path_rate=m.drop_path_rate,
         )
         # Transforms come from the model's saved data config, so eval here == pipeline() later.
         pcfg = self.model.config.pretrained_cfg
         ev = eval_transform(pcfg)
         a = d.augmentation
-        tr = train_transform(pcfg, a.scale, a.ratio, a.hflip, a.color_jitter, a.auto_augment, a.re_prob) \
-            if d.augment else ev
+        tr = (
+            train_transform(pcfg, a.scale, a.ratio, a.hflip, a.color_jitter, a.auto_augment, a.re_prob)
+            if d.augment
+            else ev
+        )
         self.datasets = {
-            name: TransformedImages(s, tr if name == "train" else ev, self._mode,
-                                    cache_mb=0.0 if name == "train" and d.augment else d.cache_mb)
+            name: TransformedImages(
+                s,
+                tr if name == "train" else ev,
+                self._mode,
+                cache_mb=0.0 if name == "train" and d.augment else d.cache_mb,
+            )
             for name, s in self._splits.items()
         }
 
@@ -120,10 +137,14 @@ class ImageClassificationRecipe(Recipe):
             x = torch.stack([tf(split.image(i).convert(mode)) for i in idx])
             with torch.no_grad():
                 probs = softmax(model(pixel_values=x).logits.float().numpy())
-            for i, p in zip(idx, probs):
+            for i, p in zip(idx, probs, strict=True):
                 k = int(np.argmax(p))
-                yield {"input": split.ids[i], "label": names[k], "score": float(p[k]),
-                       "scores": {n: float(v) for n, v in zip(names, p)}}
+                yield {
+                    "input": split.ids[i],
+                    "label": names[k],
+                    "score": float(p[k]),
+                    "scores": {n: float(v) for n, v in zip(names, p, strict=True)},
+                }
 
 
 def _predict_inputs(source: str, split: str) -> ImageSplit:

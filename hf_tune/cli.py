@@ -22,6 +22,7 @@ from hf_tune.config import (
     ConfigError,
     available_recipes,
     load_config,
+    load_recipe_yaml,
     load_saved_config,
 )
 from hf_tune.data.images import DataError
@@ -84,10 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @COMMANDS.register("recipes")
 def cmd_recipes(args: argparse.Namespace) -> int:
-    import yaml
-
     for name, path in available_recipes().items():
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_recipe_yaml(path)  # resolves `base:` so inherited task/description show
         print(f"{name:<28} {data.get('task', '?'):<22} {data.get('description', '')}")
     return 0
 

@@ -219,6 +219,13 @@ class BaseConfig:
                 "techniques.clipping.mode=value cannot run under FSDP/DeepSpeed (gradients are sharded "
                 "and clipped by the engine): use mode=norm"
             )
+        from hf_tune.losses import LOSSES
+
+        if tech.loss.name not in LOSSES:
+            errors.append(
+                f"techniques.loss.name: unknown loss {tech.loss.name!r}"
+                f"{did_you_mean(tech.loss.name, LOSSES.names())}; known: {', '.join(LOSSES.names())}"
+            )
         if tech.ema.enabled and not 0.0 < tech.ema.decay < 1.0:
             errors.append(f"techniques.ema.decay must be in (0, 1), got {tech.ema.decay}")
         if tech.lr.layer_decay is not None and not 0.0 < tech.lr.layer_decay <= 1.0:
@@ -530,7 +537,7 @@ def resolve_recipe(name: str) -> Path:
     return recipes[name]
 
 
-def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def load_recipe_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Load a recipe YAML; a top-level ``base: NAME`` inherits another recipe and overrides it."""
     try:
         raw = OmegaConf.load(path)
@@ -545,7 +552,7 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base_path = resolve_recipe(str(base))
     if base_path.resolve() in seen:
         raise ConfigError([f"{path}: base recipes form a cycle through {base_path}"])
-    parent = _load_yaml(base_path, (*seen, path.resolve()))
+    parent = load_recipe_yaml(base_path, (*seen, path.resolve()))
     merged = OmegaConf.merge(OmegaConf.create(parent), OmegaConf.create(data))
     return OmegaConf.to_container(merged, resolve=False)  # type: ignore[return-value]
 
@@ -607,7 +614,7 @@ def load_config(args: list[str]) -> BaseConfig:
         names = ", ".join(available_recipes())
         raise ConfigError([f"recipe=NAME is required; available: {names}"])
     path = resolve_recipe(recipe)
-    data = merge_overrides(_load_yaml(path), overrides)
+    data = merge_overrides(load_recipe_yaml(path), overrides)
     data.setdefault("recipe", path.stem)
     return from_mapping(data, source=str(path))
 

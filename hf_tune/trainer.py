@@ -19,6 +19,10 @@ class HfTuneTrainer(Trainer):
     def __init__(self, *args, loss_fn: LossFn | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_fn
+        if loss_fn is not None:
+            # Our loss is a per-micro-batch mean: have Trainer divide it by the accumulation steps
+            # (it skips that for models that accept loss kwargs, e.g. BERT, assuming they normalise).
+            self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.loss_fn is None or "labels" not in inputs:

@@ -87,3 +87,17 @@ def test_format_detection_and_registry():
 def test_builtin_digits_are_real_data():
     src = load_image_source(None, "sklearn_digits")
     assert len(src.splits["train"]) == 1797 and src.label_names == [str(i) for i in range(10)]
+
+
+def test_hf_saved_dataset_source(tmp_path: Path):
+    import datasets
+
+    x, y = make_images(8)
+    features = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=["up", "down"])})
+    ds = datasets.Dataset.from_dict({"img": [Image.fromarray(a) for a in x], "y": y.ravel().tolist()}, features)
+    datasets.DatasetDict({"train": ds, "validation": ds.select(range(4))}).save_to_disk(tmp_path / "ds")
+    src = load_image_source(str(tmp_path / "ds"), image_column="img", label_column="y")
+    assert set(src.splits) == {"train", "val"} and src.label_names == ["up", "down"]
+    assert src.splits["val"].image(0).size == (16, 16)
+    with pytest.raises(DataError, match="no column 'image'"):
+        load_image_source(str(tmp_path / "ds"))

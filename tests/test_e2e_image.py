@@ -99,3 +99,17 @@ def test_script_entry_point_runs_as_a_file(tiny_image_args, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["model_dir"].endswith("model")
+
+
+def test_focal_loss_with_balanced_weights_trains(tiny_image_args, tmp_path, capsys):
+    args = [
+        *tiny_image_args,
+        "techniques.loss.name=focal",
+        "techniques.loss.class_weights=balanced",
+        "training.label_smoothing_factor=0.1",
+        "training.gradient_accumulation_steps=2",
+    ]
+    assert main(["train", *args]) == 0
+    assert "class weights (balanced)" in capsys.readouterr().err
+    state = _state(tmp_path / "run", 4)
+    assert all(h["loss"] > 0 for h in state["log_history"] if "loss" in h)

@@ -173,10 +173,38 @@ class Recipe:
             processing_class=self.processing_class(),
             compute_metrics=self.compute_metrics,
             callbacks=[SaveResolvedConfig(self.cfg)],
+            loss_fn=self._loss_fn(),
         )
         route_logs_to_stderr(self.trainer)
 
+    def _loss_fn(self):
+        from hf_tune.losses import balanced_class_weights, build_loss
+
+        lc = self.cfg.techniques.loss
+        weights = lc.class_weights
+        if weights == "balanced":
+            weights = balanced_class_weights(self.train_labels(), len(self.label_names))
+            log(f"class weights (balanced): {[round(w, 3) for w in weights]}")
+        elif weights is not None and len(weights) != len(self.label_names):
+            raise ConfigError(
+                [
+                    f"techniques.loss.class_weights has {len(weights)} values for "
+                    f"{len(self.label_names)} classes {self.label_names}"
+                ]
+            )
+        return build_loss(
+            lc.name,
+            focal_gamma=lc.focal_gamma,
+            focal_alpha=lc.focal_alpha,
+            class_weights=weights,
+            label_smoothing=float(self.cfg.training.get("label_smoothing_factor", 0.0)),
+        )
+
     # ---------------------------------------------------------------- task hooks
+    def train_labels(self):
+        """Training label ids (for class-weight statistics)."""
+        raise NotImplementedError
+
     def _setup_data(self) -> None:
         raise NotImplementedError
 

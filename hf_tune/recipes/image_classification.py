@@ -106,6 +106,9 @@ class ImageClassificationRecipe(Recipe):
             for name, s in self._splits.items()
         }
 
+    def train_labels(self):
+        return self._splits["train"].labels
+
     def compute_metrics(self, eval_pred) -> dict[str, float]:
         return compute_classification_metrics(eval_pred)
 

@@ -228,6 +228,11 @@ class BaseConfig:
             )
         if tech.ema.enabled and not 0.0 < tech.ema.decay < 1.0:
             errors.append(f"techniques.ema.decay must be in (0, 1), got {tech.ema.decay}")
+        if tech.ema.enabled and tech.ema.use_for_final_model and t.get("load_best_model_at_end"):
+            errors.append(
+                "techniques.ema.use_for_final_model and training.load_best_model_at_end both choose the final "
+                "weights: set one of them to false"
+            )
         if tech.lr.layer_decay is not None and not 0.0 < tech.lr.layer_decay <= 1.0:
             errors.append(f"techniques.lr.layer_decay must be in (0, 1], got {tech.lr.layer_decay}")
         if tech.freeze.first_n_blocks < 0:

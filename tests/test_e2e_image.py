@@ -113,3 +113,24 @@ def test_focal_loss_with_balanced_weights_trains(tiny_image_args, tmp_path, caps
     assert "class weights (balanced)" in capsys.readouterr().err
     state = _state(tmp_path / "run", 4)
     assert all(h["loss"] > 0 for h in state["log_history"] if "loss" in h)
+
+
+def test_ema_saved_with_checkpoints_resumed_and_used_for_final_model(tiny_image_args, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    args = [*tiny_image_args, "techniques.ema.enabled=true", "techniques.ema.decay=0.5"]
+    assert main(["train", *args]) == 0
+    run = tmp_path / "run"
+    ema4 = load_file(str(run / "checkpoint-4" / "ema.safetensors"))
+    final = load_file(str(run / "model" / "model.safetensors"))
+    live4 = load_file(str(run / "checkpoint-4" / "model.safetensors"))
+    key = next(k for k in ema4 if k.endswith("fc.weight"))
+    final_key = next(k for k in final if k.endswith("fc.weight"))
+    assert torch_equal(final[final_key], ema4[key])  # final model = EMA weights
+    assert not torch_equal(live4[final_key], ema4[key])  # and they differ from the live weights
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -131,6 +131,8 @@ class Recipe:
     def save(self, metrics: dict[str, Any]) -> Path:
         """Final model + resolved config + metrics in ``output_dir/model`` (rank 0 writes)."""
         final = self.output_dir / FINAL_MODEL_DIR
+        if self.trainer.ema is not None and self.cfg.techniques.ema.use_for_final_model:
+            self.trainer.use_ema_weights()
         self.trainer.save_model(str(final))
         if self.trainer.is_world_process_zero():
             self._save_extras(final)
@@ -174,8 +176,18 @@ class Recipe:
             compute_metrics=self.compute_metrics,
             callbacks=[SaveResolvedConfig(self.cfg)],
             loss_fn=self._loss_fn(),
+            ema=self._ema_callback(),
+            evaluate_with_ema=self.cfg.techniques.ema.evaluate_with_ema,
         )
         route_logs_to_stderr(self.trainer)
+
+    def _ema_callback(self):
+        from hf_tune.callbacks import EmaCallback
+
+        e = self.cfg.techniques.ema
+        if not e.enabled:
+            return None
+        return EmaCallback(e.decay, e.warmup, str(self._resume_from) if self._resume_from else None)
 
     def _loss_fn(self):
         from hf_tune.losses import balanced_class_weights, build_loss

@@ -44,6 +44,7 @@ PARITY = [
     "training.save_strategy=no",
     "training.eval_strategy=no",
     "training.load_best_model_at_end=false",
+    "techniques.ema.enabled=false",
     "training.seed=0",
     "training.use_cpu=true",
     "training.dataloader_num_workers=0",

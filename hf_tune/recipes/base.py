@@ -174,6 +174,7 @@ class Recipe:
             data_collator=self.data_collator(),
             processing_class=self.processing_class(),
             compute_metrics=self.compute_metrics,
+            preprocess_logits_for_metrics=self.preprocess_logits(),
             callbacks=[SaveResolvedConfig(self.cfg)],
             loss_fn=self._loss_fn(),
             ema=self._ema_callback(),
@@ -230,6 +231,10 @@ class Recipe:
         return None
 
     def processing_class(self):
+        return None
+
+    def preprocess_logits(self):
+        """Trainer's preprocess_logits_for_metrics (None: keep full logits)."""
         return None
 
     def compute_metrics(self, eval_pred) -> dict[str, float]:

@@ -1,0 +1,265 @@
+"""Loading span-annotated documents (token classification) and labelled texts (text classification)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hf_tune.data.images import SPLIT_ALIASES, DataError, _existing
+from hf_tune.data.spans import Document, Span
+from hf_tune.registry import Registry
+
+DOC_SOURCES: Registry[Callable[..., dict[str, list[Document]]]] = Registry("document format")
+
+
+def _detect(path: str) -> str:
+    p = path.lower()
+    if p.endswith((".jsonl", ".json")):
+        return "jsonl"
+    if p.endswith((".conll", ".txt", ".iob", ".bio", ".tsv")):
+        return "conll"
+    return "hf"
+
+
+def load_documents(path: str | None, fmt: str = "auto", **kw: Any) -> dict[str, list[Document]]:
+    """``{split: documents}``; a single file is one ``train`` split (or ``all`` for evaluation)."""
+    if not path:
+        raise DataError("data.path is not set: give a span JSONL, a CoNLL file or a datasets name/path")
+    fmt = _detect(path) if fmt == "auto" else fmt
+    return DOC_SOURCES.get(fmt)(path, **kw)
+
+
+@DOC_SOURCES.register("jsonl")
+def load_span_jsonl(
+    path: str,
+    text_field: str = "text",
+    spans_field: str = "spans",
+    start_key: str = "start",
+    end_key: str = "end",
+    category_key: str = "category",
+    **_: Any,
+) -> dict[str, list[Document]]:
+    """One JSON object per line: ``{"text": ..., "spans": [{"start", "end", "category"}, ...]}``."""
+    docs = []
+    with open(_existing(path), encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
+            if text_field not in obj:
+                raise DataError(f"{path}:{n}: no {text_field!r} field (keys: {sorted(obj)}); set data.text_field")
+            text = obj[text_field]
+            spans = []
+            for s in obj.get(spans_field) or []:
+                try:
+                    span = Span(int(s[start_key]), int(s[end_key]), str(s[category_key]))
+                except KeyError as exc:
+                    raise DataError(
+                        f"{path}:{n}: span without {exc} (set data.start_key/end_key/category_key)"
+                    ) from exc
+                if not 0 <= span.start < span.end <= len(text):
+                    raise DataError(f"{path}:{n}: span {span.start}-{span.end} outside the text (length {len(text)})")
+                spans.append(span)
+            docs.append(Document(text, spans, str(obj.get("id", obj.get("title", n)))))
+    if not docs:
+        raise DataError(f"{path}: no documents")
+    return {"train": docs}
+
+
+def words_to_document(words: Sequence[str], tags: Sequence[str], doc_id: str) -> Document:
+    """Join words with single spaces and turn BIO/IOB tags into character spans."""
+    text, offsets, pos = [], [], 0
+    for w in words:
+        offsets.append((pos, pos + len(w)))
+        text.append(w)
+        pos += len(w) + 1
+    spans, cur = [], None  # cur = [category, start, end]
+    for (a, b), tag in zip(offsets, tags, strict=True):
+        kind, _, cat = tag.partition("-")
+        if kind == "I" and cur is not None and cur[0] == cat:
+            cur[2] = b
+            continue
+        if cur is not None:
+            spans.append(Span(cur[1], cur[2], cur[0]))
+        cur = [cat, a, b] if kind in ("B", "I") and cat else None  # a stray I- (IOB1) opens a span
+    if cur is not None:
+        spans.append(Span(cur[1], cur[2], cur[0]))
+    return Document(" ".join(text), spans, doc_id)
+
+
+@DOC_SOURCES.register("conll")
+def load_conll(path: str, **_: Any) -> dict[str, list[Document]]:
+    """Whitespace-separated columns, token first and BIO tag last; blank lines end sentences."""
+    docs, words, tags = [], [], []
+    with open(_existing(path), encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("-DOCSTART-"):
+                if words:
+                    docs.append(words_to_document(words, tags, str(len(docs))))
+                    words, tags = [], []
+                continue
+            parts = line.split()
+            words.append(parts[0])
+            tags.append(parts[-1])
+    if words:
+        docs.append(words_to_document(words, tags, str(len(docs))))
+    if not docs:
+        raise DataError(f"{path}: no sentences found (expected 'token ... tag' lines)")
+    return {"train": docs}
+
+
+@DOC_SOURCES.register("hf")
+def load_hf_tokens(path: str, tokens_column: str = "tokens", tags_column: str = "ner_tags", **_: Any):
+    """A datasets dataset with a list-of-words column and a list-of-tags column (ClassLabel ids or strings)."""
+    import datasets
+
+    try:
+        saved = (Path(path) / "dataset_dict.json").is_file() or (Path(path) / "state.json").is_file()
+        ds = datasets.load_from_disk(path) if saved else datasets.load_dataset(path)
+    except FileNotFoundError as exc:
+        raise DataError(f"data.path={path}: not a file, folder or reachable dataset ({exc})") from exc
+    if isinstance(ds, datasets.Dataset):
+        ds = datasets.DatasetDict({"train": ds})
+    out = {}
+    for split, d in ds.items():
+        for col in (tokens_column, tags_column):
+            if col not in d.column_names:
+                raise DataError(
+                    f"{path} [{split}]: no column {col!r} (columns: {d.column_names}); "
+                    f"set data.tokens_column / data.tags_column"
+                )
+        feat = d.features[tags_column]
+        names = getattr(getattr(feat, "feature", None), "names", None)
+        docs = []
+        for i, row in enumerate(d):
+            tags = [names[t] if names else str(t) for t in row[tags_column]]
+            docs.append(words_to_document(row[tokens_column], tags, f"{split}-{i}"))
+        out[SPLIT_ALIASES.get(split, split)] = docs
+    return out
+
+
+def carve_documents(splits: dict[str, list[Document]], ratios: Sequence[float], seed: int) -> dict[str, list[Document]]:
+    """Carve missing val/test out of train by whole documents (seeded shuffle, fixed for a seed)."""
+    out = dict(splits)
+    train = list(out.get("train", []))
+    _, r_val, r_test = ratios
+    order = np.random.default_rng(seed).permutation(len(train))
+    n = len(train)
+    cut = 0
+    for name, r in (("val", r_val), ("test", r_test)):
+        if name not in out and r > 0:
+            k = max(1, int(round(n * r)))
+            out[name] = [train[i] for i in order[cut : cut + k]]
+            cut += k
+    out["train"] = [train[i] for i in order[cut:]] if cut else train
+    return out
+
+
+def subset(docs: list[Document], n: int | None, seed: int) -> list[Document]:
+    if n is None or n >= len(docs):
+        return docs
+    idx = np.random.default_rng(seed).permutation(len(docs))[:n]
+    return [docs[i] for i in sorted(idx)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Labelled texts for sequence classification
+# --------------------------------------------------------------------------------------------------
+
+TEXT_SOURCES: Registry[Callable[..., dict[str, list[dict]]]] = Registry("text data format")
+
+
+def load_texts(path: str | None, fmt: str = "auto", **kw: Any) -> dict[str, list[dict]]:
+    """``{split: [{"text": str, "label": str | list[str]}]}``."""
+    if not path:
+        raise DataError("data.path is not set: give a CSV, JSONL or datasets name/path")
+    if fmt == "auto":
+        low = path.lower()
+        fmt = "csv" if low.endswith((".csv", ".tsv")) else "jsonl" if low.endswith((".jsonl", ".json")) else "hf"
+    return TEXT_SOURCES.get(fmt)(path, **kw)
+
+
+def _rows_to_examples(rows, path: str, text_column: str, label_column: str, multi_label: bool) -> list[dict]:
+    out = []
+    for n, r in enumerate(rows, start=1):
+        if text_column not in r or label_column not in r:
+            raise DataError(
+                f"{path}: row {n} lacks {text_column!r} or {label_column!r} (has {sorted(r)}); "
+                f"set data.text_column / data.label_column"
+            )
+        label = r[label_column]
+        if multi_label:
+            label = [str(x) for x in label] if isinstance(label, list) else [x for x in str(label).split("|") if x]
+        else:
+            label = str(label)
+        out.append({"text": str(r[text_column]), "label": label})
+    if not out:
+        raise DataError(f"{path}: no examples")
+    return out
+
+
+@TEXT_SOURCES.register("csv")
+def load_csv(path: str, text_column: str = "text", label_column: str = "label", multi_label: bool = False, **_):
+    """CSV/TSV with a header; multi-label cells separate labels with '|'."""
+    with open(_existing(path), encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t" if path.lower().endswith(".tsv") else ","))
+    return {"train": _rows_to_examples(rows, path, text_column, label_column, multi_label)}
+
+
+@TEXT_SOURCES.register("jsonl")
+def load_text_jsonl(path: str, text_column: str = "text", label_column: str = "label", multi_label: bool = False, **_):
+    with open(_existing(path), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {"train": _rows_to_examples(rows, path, text_column, label_column, multi_label)}
+
+
+@TEXT_SOURCES.register("spans")
+def load_span_examples(path: str, span_min_chars: int = 1, **_):
+    """Clause classification from span JSONL: each span's text is an example labelled with its category."""
+    docs = load_span_jsonl(path)["train"]
+    out = [
+        {"text": d.text[s.start : s.end], "label": s.category}
+        for d in docs
+        for s in d.spans
+        if s.end - s.start >= span_min_chars
+    ]
+    return {"train": out}
+
+
+@TEXT_SOURCES.register("hf")
+def load_text_hf(path: str, text_column: str = "text", label_column: str = "label", multi_label: bool = False, **_):
+    import datasets
+
+    saved = (Path(path) / "dataset_dict.json").is_file() or (Path(path) / "state.json").is_file()
+    try:
+        ds = datasets.load_from_disk(path) if saved else datasets.load_dataset(path)
+    except FileNotFoundError as exc:
+        raise DataError(f"data.path={path}: not a file, folder or reachable dataset ({exc})") from exc
+    if isinstance(ds, datasets.Dataset):
+        ds = datasets.DatasetDict({"train": ds})
+    out = {}
+    for split, d in ds.items():
+        feat = d.features.get(label_column)
+        names = getattr(feat, "names", None) or getattr(getattr(feat, "feature", None), "names", None)
+        rows = []
+        for r in d:
+            lab = r.get(label_column)
+            if names is not None:
+                lab = [names[x] for x in lab] if isinstance(lab, list) else names[lab]
+            rows.append({text_column: r.get(text_column), label_column: lab})
+        out[SPLIT_ALIASES.get(split, split)] = _rows_to_examples(rows, path, text_column, label_column, multi_label)
+    return out
+
+
+def carve_list(splits: dict[str, list], ratios: Sequence[float], seed: int) -> dict[str, list]:
+    """Same as :func:`carve_documents` for any list items."""
+    return carve_documents(splits, ratios, seed)  # type: ignore[arg-type]

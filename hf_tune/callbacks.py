@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from hf_tune.config import BaseConfig, save_config
@@ -74,3 +75,184 @@ class EmaCallback(TrainerCallback):
 
     def state_dict(self) -> dict:
         return self.ema.module.state_dict()
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many consecutive optimizer steps had non-finite gradients."""
+
+
+def block_name(param_name: str, depth: int = 2) -> str:
+    """Group a parameter into a block: up to its first numeric component (``bert.encoder.layer.3``,
+    ``timm_model.layer1.0``), else its first ``depth`` components (``bert.embeddings``)."""
+    parts = param_name.split(".")[:-1] or param_name.split(".")
+    for i, p in enumerate(parts):
+        if p.isdigit():
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:depth])
+
+
+class GradientCallback(TrainerCallback):
+    """Clipping (norm, value, AGC, auto), per-block gradient norms and non-finite step skipping.
+
+    Runs in ``on_pre_optimizer_step``. hf_tune hands Trainer ``max_grad_norm=0`` whenever this callback
+    clips, so Trainer still computes (and logs as ``grad_norm``) the pre-clip global norm and unscales
+    fp16 gradients first, and clipping happens exactly once, here, on unscaled gradients.
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        max_norm: float,
+        value: float,
+        agc_factor: float,
+        agc_eps: float,
+        auto_percentile: float,
+        auto_window: int,
+        auto_min_history: int,
+        monitor: bool,
+        depth: int,
+        skip_nonfinite: bool,
+        max_nonfinite_in_a_row: int,
+        plot: bool,
+        clip: bool = True,
+    ) -> None:
+        self.mode, self.max_norm, self.value, self.clip = mode, max_norm, value, clip
+        self.agc_factor, self.agc_eps = agc_factor, agc_eps
+        self.auto_percentile, self.auto_window, self.auto_min_history = auto_percentile, auto_window, auto_min_history
+        self.monitor, self.depth, self.plot = monitor, depth, plot
+        self.skip_nonfinite, self.max_nonfinite = skip_nonfinite, max_nonfinite_in_a_row
+        self.history: list[float] = []
+        self.pending: dict[str, float] = {}
+        self.series: list[dict[str, float]] = []
+        self.skipped_total = 0
+        self.skipped_in_a_row = 0
+        self.last_threshold: float | None = None
+        self.model = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+    def _block_norms(self, params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, float]:
+        import torch
+
+        sq: dict[str, float] = {}
+        for n, p in params:
+            if p.grad is not None:
+                b = block_name(n, self.depth)
+                sq[b] = sq.get(b, 0.0) + float(torch.linalg.vector_norm(p.grad.detach().float()) ** 2)
+        return {b: v**0.5 for b, v in sq.items()}
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        import math
+
+        import torch
+
+        from hf_tune import clipping
+
+        params = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]
+        plist = [p for _, p in params]
+        total = clipping.global_grad_norm(plist)
+        if not math.isfinite(total):
+            self._skip(plist, state)
+            return
+        self.skipped_in_a_row = 0
+        pre = self._block_norms(params) if self.monitor else {}
+        if self.clip:
+            if self.mode == "value":
+                clipping.clip_by_value_(plist, self.value)
+            elif self.mode == "agc":
+                clipping.adaptive_clip_(plist, self.agc_factor, self.agc_eps)
+            else:
+                threshold = self.max_norm
+                if self.mode == "auto":
+                    threshold = clipping.percentile_threshold(
+                        self.history[-self.auto_window :], self.auto_percentile, self.auto_min_history, self.max_norm
+                    )
+                self.last_threshold = threshold
+                if threshold > 0:
+                    torch.nn.utils.clip_grad_norm_(plist, threshold)
+        self.history.append(total)
+        if self.monitor:
+            post = self._block_norms(params)
+            self.pending = {f"grad_norm_pre/{b}": v for b, v in pre.items()}
+            self.pending |= {f"grad_norm_post/{b}": v for b, v in post.items()}
+            self.pending["grad_norm_post_total"] = clipping.global_grad_norm(plist)
+        if self.mode == "auto" and self.last_threshold is not None:
+            self.pending["clip_threshold"] = self.last_threshold
+
+    def _skip(self, plist, state) -> None:
+        if not self.skip_nonfinite:
+            return
+        for p in plist:  # torch optimizers skip parameters without a gradient: weights stay as they are
+            p.grad = None
+        self.skipped_total += 1
+        self.skipped_in_a_row += 1
+        self.pending["nonfinite_steps_skipped"] = self.skipped_total
+        if self.skipped_in_a_row >= self.max_nonfinite:
+            raise NonFiniteTrainingError(
+                f"{self.skipped_in_a_row} optimizer steps in a row had inf/NaN gradients (step {state.global_step}); "
+                f"lower training.learning_rate, enable clipping (training.max_grad_norm, techniques.clipping) or "
+                f"raise techniques.monitor.max_nonfinite_in_a_row. Checkpoints so far are kept; resume=true continues."
+            )
+
+    def take_logs(self) -> dict[str, float]:
+        """Metrics for the next Trainer log call (HfTuneTrainer.log merges them)."""
+        out = dict(self.pending)
+        out["nonfinite_steps_skipped"] = self.skipped_total
+        if self.monitor and out:
+            self.series.append(out)
+        return out
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.plot and self.monitor and state.is_world_process_zero and self.series:
+            plot_grad_norms(
+                [
+                    (h.get("step", i), h)
+                    for i, h in enumerate(state.log_history)
+                    if any(k.startswith("grad_norm_pre/") for k in h)
+                ],
+                Path(args.output_dir) / "grad_norms.png",
+            )
+
+
+def plot_grad_norms(history: list[tuple[int, dict[str, float]]], path: Path) -> Path | None:
+    """Per-block gradient norms over steps, log scale: pre-clip (left) and post-clip (right)."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for ax, kind in zip(axes, ("pre", "post"), strict=True):
+        blocks = sorted({k.split("/", 1)[1] for _, h in history for k in h if k.startswith(f"grad_norm_{kind}/")})
+        cmap = plt.get_cmap("viridis", max(len(blocks), 2))
+        for i, b in enumerate(blocks):
+            pts = [(s, h[f"grad_norm_{kind}/{b}"]) for s, h in history if f"grad_norm_{kind}/{b}" in h]
+            ax.plot([p[0] for p in pts], [max(p[1], 1e-12) for p in pts], color=cmap(i), label=b, lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(f"{kind}-clip gradient L2 norm per block")
+    axes[0].set_ylabel("L2 norm (log)")
+    axes[1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+class UnfreezeCallback(TrainerCallback):
+    """Gradual unfreezing: at each scheduled step, the top-most frozen block starts training."""
+
+    def __init__(self, frozen_blocks: list[list[torch.nn.Parameter]], at_steps: list[int]) -> None:
+        self.frozen = list(frozen_blocks)  # bottom -> top
+        self.at_steps = sorted(at_steps)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        while self.at_steps and state.global_step >= self.at_steps[0] and self.frozen:
+            self.at_steps.pop(0)
+            for p in self.frozen.pop():
+                p.requires_grad_(True)

@@ -214,10 +214,23 @@ class BaseConfig:
                 f"is owned by the recipe (training.bf16/fp16); remove mixed_precision from the accelerate config"
             )
         tech = self.techniques
-        if tech.clipping.mode == "value" and _uses_sharding(t):
+        if _uses_sharding(t) and (tech.clipping.mode != "norm" or tech.monitor.grad_norms):
             errors.append(
-                "techniques.clipping.mode=value cannot run under FSDP/DeepSpeed (gradients are sharded "
-                "and clipped by the engine): use mode=norm"
+                f"techniques.clipping.mode={tech.clipping.mode} / techniques.monitor.grad_norms cannot run under "
+                "FSDP/DeepSpeed (gradients are sharded and clipped by the engine): use mode=norm, grad_norms=false"
+            )
+        from hf_tune.optim import OPTIMIZERS, SCHEDULES
+
+        if tech.optim.name is not None and tech.optim.name not in OPTIMIZERS:
+            errors.append(
+                f"techniques.optim.name: unknown optimizer {tech.optim.name!r}"
+                f"{did_you_mean(tech.optim.name, OPTIMIZERS.names())}; known: {', '.join(OPTIMIZERS.names())}"
+            )
+        if tech.optim.schedule is not None and tech.optim.schedule not in SCHEDULES:
+            errors.append(
+                f"techniques.optim.schedule: unknown schedule {tech.optim.schedule!r}"
+                f"{did_you_mean(tech.optim.schedule, SCHEDULES.names())}; known: {', '.join(SCHEDULES.names())}"
+                f" (Trainer's own schedules go in training.lr_scheduler_type)"
             )
         from hf_tune.losses import LOSSES
 

@@ -46,3 +46,22 @@ def compute_classification_metrics(eval_pred) -> dict[str, float]:
     """Trainer adapter for :func:`classification_metrics`."""
     logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
     return classification_metrics(logits, eval_pred.label_ids)
+
+
+def multilabel_metrics(logits: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Subset accuracy, micro/macro F1 at ``threshold`` on sigmoid outputs, and macro ROC-AUC over the
+    classes that have both positive and negative examples."""
+    from sklearn.metrics import f1_score
+
+    probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    y = np.asarray(labels).astype(int)
+    pred = (probs >= threshold).astype(int)
+    out = {
+        "subset_accuracy": float((pred == y).all(axis=1).mean()),
+        "f1_micro": float(f1_score(y, pred, average="micro", zero_division=0)),
+        "f1_macro": float(f1_score(y, pred, average="macro", zero_division=0)),
+    }
+    both = [c for c in range(y.shape[1]) if 0 < y[:, c].sum() < len(y)]
+    if both:
+        out["roc_auc"] = float(np.mean([roc_auc_score(y[:, c], probs[:, c]) for c in both]))
+    return out

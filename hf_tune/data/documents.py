@@ -92,7 +92,7 @@ def words_to_document(words: Sequence[str], tags: Sequence[str], doc_id: str) ->
         cur = [cat, a, b] if kind in ("B", "I") and cat else None  # a stray I- (IOB1) opens a span
     if cur is not None:
         spans.append(Span(cur[1], cur[2], cur[0]))
-    return Document(" ".join(text), spans, doc_id)
+    return Document(" ".join(text), spans, doc_id, word_level=True)
 
 
 @DOC_SOURCES.register("conll")

@@ -36,6 +36,8 @@ class Document:
     text: str
     spans: list[Span] = field(default_factory=list)
     id: str = ""
+    word_level: bool = False
+    """True when the text is space-joined words (CoNLL-style), so word-level seqeval applies."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -251,3 +253,24 @@ def _div(a: float, b: float) -> float:
 
 def _f1(tp: int, fp: int, fn: int) -> float:
     return _div(2 * tp, 2 * tp + fp + fn)
+
+
+def word_tags(text: str, spans: Sequence[Span]) -> list[str]:
+    """BIO tag per space-separated word (CoNLL-style documents), from the single-label view of ``spans``."""
+    kept, _ = resolve_overlaps(spans)
+    tags, pos = [], 0
+    for w in text.split(" "):
+        a, b = pos, pos + len(w)
+        pos = b + 1
+        hit = next((s for s in kept if s.start < b and a < s.end), None)
+        tags.append("O" if hit is None else ("B-" if a <= hit.start else "I-") + hit.category)
+    return tags
+
+
+def seqeval_f1(pred: Sequence[set[Span]], gold: Sequence[set[Span]], texts: Sequence[str]) -> float:
+    """Entity-level F1 (seqeval, strict IOB2 chunks) over word tag sequences."""
+    from seqeval.metrics import f1_score
+
+    y_true = [word_tags(t, sorted(g)) for t, g in zip(texts, gold, strict=True)]
+    y_pred = [word_tags(t, sorted(p)) for t, p in zip(texts, pred, strict=True)]
+    return float(f1_score(y_true, y_pred))

@@ -88,6 +88,32 @@ def use_cpu_backend_for_multiprocess() -> None:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
+LORA_TASKS = {"token_classification": "TOKEN_CLS", "text_classification": "SEQ_CLS"}
+LORA_DEFAULT_TARGETS = ["query", "key", "value", "dense"]
+
+
+def wrap_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[str] | None, task: str):
+    """peft LoRA on the attention/FFN projections; the task head stays fully trainable (modules_to_save)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from hf_tune.optim import head_parameter_names
+
+    heads = sorted({n.rsplit(".", 1)[0] for n in head_parameter_names(model)})  # e.g. classifier, timm_model.fc
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules or LORA_DEFAULT_TARGETS,
+        modules_to_save=heads or None,
+        task_type=getattr(TaskType, LORA_TASKS[task]) if task in LORA_TASKS else None,
+    )
+    wrapped = get_peft_model(model, cfg)
+    trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in wrapped.parameters())
+    log(f"LoRA r={r}: {trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%)")
+    return wrapped
+
+
 class Recipe:
     """Base class; subclasses register with ``@RECIPES.register("<task>")``."""
 
@@ -133,7 +159,10 @@ class Recipe:
         final = self.output_dir / FINAL_MODEL_DIR
         if self.trainer.ema is not None and self.cfg.techniques.ema.use_for_final_model:
             self.trainer.use_ema_weights()
-        self.trainer.save_model(str(final))
+        if self.cfg.techniques.lora.enabled:
+            self._save_lora(final)
+        else:
+            self.trainer.save_model(str(final))
         if self.trainer.is_world_process_zero():
             self._save_extras(final)
             save_config(self.cfg, final)
@@ -142,6 +171,17 @@ class Recipe:
             (final / METRICS_FILE).write_text(text)
             (self.output_dir / METRICS_FILE).write_text(text)
         return final
+
+    def _save_lora(self, final: Path) -> None:
+        """The adapter in model/adapter/ and, merged into the base weights, a standard model in model/."""
+        if not self.trainer.is_world_process_zero():
+            return
+        peft_model = self.trainer.model
+        peft_model.save_pretrained(str(final / "adapter"))
+        if self.cfg.techniques.lora.merge_on_save:
+            peft_model.merge_and_unload().save_pretrained(str(final))
+            if self.processing_class() is not None:
+                self.processing_class().save_pretrained(str(final))
 
     def cleanup(self) -> None:
         self.trainer = None
@@ -160,12 +200,25 @@ class Recipe:
         use_cpu_backend_for_multiprocess()
         kwargs = {**self.cfg.training, "output_dir": str(self.output_dir), **overrides}
         kwargs.pop("resume_from_checkpoint", None)  # hf_tune resolves resuming itself (resume=true)
+        if self.hf_tune_clips():
+            kwargs["max_grad_norm"] = 0.0  # GradientCallback clips once instead; Trainer still logs the norm
+        if self.cfg.techniques.optim.name:
+            from hf_tune.optim import OPTIMIZERS
+
+            kwargs["optim"] = OPTIMIZERS.entry(self.cfg.techniques.optim.name).meta["trainer_optim"]
         return TrainingArguments(**kwargs)
+
+    def hf_tune_clips(self) -> bool:
+        """Clipping moves from Trainer to GradientCallback for non-norm modes or per-block monitoring."""
+        t = self.cfg.techniques
+        return t.clipping.mode != "norm" or t.monitor.grad_norms
 
     def _setup_trainer(self) -> None:
         from hf_tune.callbacks import SaveResolvedConfig, route_logs_to_stderr
         from hf_tune.trainer import HfTuneTrainer
 
+        self._apply_transfer_controls()  # after the model, before Trainer builds the optimizer from it
+        opt = self._optimizer_settings()
         self.trainer = HfTuneTrainer(
             model=self.model,
             args=self.args,
@@ -179,8 +232,104 @@ class Recipe:
             loss_fn=self._loss_fn(),
             ema=self._ema_callback(),
             evaluate_with_ema=self.cfg.techniques.ema.evaluate_with_ema,
+            grad_monitor=self._grad_callback(),
+            **opt,
         )
+        if self._unfreeze is not None:
+            self.trainer.add_callback(self._unfreeze)
         route_logs_to_stderr(self.trainer)
+
+    def _grad_callback(self):
+        from hf_tune.callbacks import GradientCallback
+
+        t = self.cfg.techniques
+        c, m = t.clipping, t.monitor
+        if not (self.hf_tune_clips() or m.skip_nonfinite):
+            return None
+        return GradientCallback(
+            mode=c.mode,
+            max_norm=float(self.cfg.training.get("max_grad_norm", 1.0)),
+            value=c.value,
+            agc_factor=c.agc_factor,
+            agc_eps=c.agc_eps,
+            auto_percentile=c.auto_percentile,
+            auto_window=c.auto_window,
+            auto_min_history=c.auto_min_history,
+            monitor=m.grad_norms,
+            depth=m.depth,
+            skip_nonfinite=m.skip_nonfinite,
+            max_nonfinite_in_a_row=m.max_nonfinite_in_a_row,
+            plot=m.plot,
+            clip=self.hf_tune_clips(),
+        )
+
+    def _apply_transfer_controls(self) -> None:
+        """Freeze blocks (recording them for gradual unfreezing) and/or wrap the model with LoRA."""
+        from hf_tune.callbacks import UnfreezeCallback
+        from hf_tune.optim import assign_block_ids, head_parameter_names
+
+        f, lora = self.cfg.techniques.freeze, self.cfg.techniques.lora
+        self._unfreeze = None
+        if lora.enabled:
+            self.model = wrap_lora(
+                self.model,
+                r=lora.r,
+                alpha=lora.alpha,
+                dropout=lora.dropout,
+                target_modules=lora.target_modules,
+                task=self.task,
+            )
+            return
+        if not (f.embeddings or f.first_n_blocks):
+            return
+        named = list(self.model.named_parameters())
+        ids, n_blocks = assign_block_ids([n for n, _ in named], head_parameter_names(self.model))
+        top = min(f.first_n_blocks, n_blocks)
+        blocks = [[p for n, p in named if ids[n] == b] for b in range(top + 1)]  # 0 = embeddings/stem
+        for params in blocks:
+            for p in params:
+                p.requires_grad_(False)
+        frozen = sum(p.numel() for params in blocks for p in params)
+        log(f"frozen: embeddings/stem + {top} of {n_blocks} blocks ({frozen:,} parameters)")
+        if f.unfreeze_at_steps:
+            self._unfreeze = UnfreezeCallback(blocks, f.unfreeze_at_steps)
+
+    def _optimizer_settings(self) -> dict[str, Any]:
+        """HfTuneTrainer kwargs for parameter groups, optimizer hyperparameters and extra schedules."""
+        from hf_tune.optim import OPTIMIZERS, head_parameter_names, param_groups
+
+        t = self.cfg.techniques
+        out: dict[str, Any] = {}
+        if t.optim.name:
+            entry = OPTIMIZERS.entry(t.optim.name)
+            out["optimizer_kwargs"] = entry.obj(t.optim)
+            out["optimizer_cls"] = entry.meta.get("cls")
+        if t.lr.layer_decay is not None or t.lr.backbone_lr is not None or t.freeze.unfreeze_at_steps:
+            head = head_parameter_names(self.model)
+            lr, wd = float(self.args.learning_rate), float(self.args.weight_decay)
+            out["param_groups_fn"] = lambda m: param_groups(
+                m.named_parameters(),
+                head,
+                lr=lr,
+                weight_decay=wd,
+                layer_decay=t.lr.layer_decay,
+                backbone_lr=t.lr.backbone_lr,
+                no_decay_bias_norm=t.lr.no_decay_bias_norm,
+            )
+        if t.optim.schedule:
+            o = t.optim
+            out["schedule"] = (
+                o.schedule,
+                {
+                    "step_size": o.step_size,
+                    "gamma": o.gamma,
+                    "milestones": o.milestones,
+                    "restart_period": o.restart_period,
+                    "restart_mult": o.restart_mult,
+                    "min_lr_ratio": o.min_lr_ratio,
+                },
+            )
+        return out
 
     def _ema_callback(self):
         from hf_tune.callbacks import EmaCallback

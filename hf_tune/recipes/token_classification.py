@@ -30,6 +30,7 @@ from hf_tune.data.spans import (
     first_subword_mask,
     multilabel_labels,
     multilabel_token_labels,
+    seqeval_f1,
     span_metrics,
     stitch_owner,
     window_starts,
@@ -314,7 +315,13 @@ class TokenClassificationRecipe(Recipe):
             gold_sets.append(set(e.doc.spans))
         if i != len(preds):
             raise RuntimeError(f"{len(preds)} window predictions for {i} windows: evaluation order changed")
-        return span_metrics(pred_sets, gold_sets, self.categories)
+        return self._metrics(pred_sets, gold_sets, [e.doc for e in docs])
+
+    def _metrics(self, pred_sets, gold_sets, docs: list[Document]) -> dict[str, float]:
+        out = span_metrics(pred_sets, gold_sets, self.categories)
+        if docs and all(d.word_level for d in docs):  # CoNLL-style: also the standard seqeval entity F1
+            out["seqeval_f1"] = seqeval_f1(pred_sets, gold_sets, [d.text for d in docs])
+        return out
 
     # ---------------------------------------------------------------- saved-model entry points
     @classmethod
@@ -339,7 +346,7 @@ class TokenClassificationRecipe(Recipe):
         self._restore_labels(model_dir)
         docs = self._eval_documents()
         pred_sets = [{s for s, _ in spans} for spans in self._predict_docs(docs)]
-        metrics = span_metrics(pred_sets, [set(e.doc.spans) for e in docs], self.categories)
+        metrics = self._metrics(pred_sets, [set(e.doc.spans) for e in docs], [e.doc for e in docs])
         return {"split": self._eval_split_name, "num_documents": len(docs), **metrics}
 
     def _eval_documents(self) -> list[EncodedDoc]:

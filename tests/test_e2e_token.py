@@ -97,6 +97,8 @@ def test_freeze_then_gradual_unfreeze(tiny_bert, contracts_jsonl, tmp_path, caps
         run,
         "techniques.freeze.first_n_blocks=1",
         "techniques.freeze.unfreeze_at_steps=[2]",
+        "training.save_total_limit=null",
+        "training.warmup_steps=0",  # linear warmup would make step 1 a zero-LR step
         "training.max_steps=4",
         "training.save_steps=1",
         "techniques.lr.layer_decay=0.8",

@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hf_tune.data.images import SPLIT_ALIASES, DataError, _existing
+from hf_tune.data.images import SPLIT_ALIASES, DataError, _existing, load_hf_dataset
 from hf_tune.data.spans import Document, Span
 from hf_tune.registry import Registry
 
@@ -120,15 +119,7 @@ def load_conll(path: str, **_: Any) -> dict[str, list[Document]]:
 @DOC_SOURCES.register("hf")
 def load_hf_tokens(path: str, tokens_column: str = "tokens", tags_column: str = "ner_tags", **_: Any):
     """A datasets dataset with a list-of-words column and a list-of-tags column (ClassLabel ids or strings)."""
-    import datasets
-
-    try:
-        saved = (Path(path) / "dataset_dict.json").is_file() or (Path(path) / "state.json").is_file()
-        ds = datasets.load_from_disk(path) if saved else datasets.load_dataset(path)
-    except FileNotFoundError as exc:
-        raise DataError(f"data.path={path}: not a file, folder or reachable dataset ({exc})") from exc
-    if isinstance(ds, datasets.Dataset):
-        ds = datasets.DatasetDict({"train": ds})
+    ds = load_hf_dataset(path)
     out = {}
     for split, d in ds.items():
         for col in (tokens_column, tags_column):
@@ -237,15 +228,7 @@ def load_span_examples(path: str, span_min_chars: int = 1, **_):
 
 @TEXT_SOURCES.register("hf")
 def load_text_hf(path: str, text_column: str = "text", label_column: str = "label", multi_label: bool = False, **_):
-    import datasets
-
-    saved = (Path(path) / "dataset_dict.json").is_file() or (Path(path) / "state.json").is_file()
-    try:
-        ds = datasets.load_from_disk(path) if saved else datasets.load_dataset(path)
-    except FileNotFoundError as exc:
-        raise DataError(f"data.path={path}: not a file, folder or reachable dataset ({exc})") from exc
-    if isinstance(ds, datasets.Dataset):
-        ds = datasets.DatasetDict({"train": ds})
+    ds = load_hf_dataset(path)
     out = {}
     for split, d in ds.items():
         feat = d.features.get(label_column)

@@ -126,14 +126,7 @@ def load_imagefolder(path: str, verify: bool = True, **_: Any) -> ImageSource:
 @IMAGE_SOURCES.register("hf", detect=lambda p: True)
 def load_hf(path: str, image_column: str = "image", label_column: str = "label", **_: Any) -> ImageSource:
     """A ``datasets`` dataset: a Hub name (online) or a folder written by ``save_to_disk``."""
-    import datasets
-
-    try:
-        ds = datasets.load_from_disk(path) if _is_hf_saved(Path(path)) else datasets.load_dataset(path)
-    except FileNotFoundError as exc:
-        raise DataError(f"data.path={path}: not a file, folder or reachable dataset ({exc})") from exc
-    if isinstance(ds, datasets.Dataset):
-        ds = datasets.DatasetDict({"train": ds})
+    ds = load_hf_dataset(path)
     splits, names = {}, None
     for split_name, d in ds.items():
         for col in (image_column, label_column):
@@ -157,6 +150,21 @@ def load_sklearn_digits(path: str = "sklearn:digits", **_: Any) -> ImageSource:
     d = load_digits()
     images = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
     return ImageSource({"train": ImageSplit(images, d.target)}, [str(i) for i in range(10)])
+
+
+def load_hf_dataset(path: str):
+    """A DatasetDict from a ``save_to_disk`` folder or, online, a Hub dataset name; a lone split is 'train'."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(path) if _is_hf_saved(Path(path)) else datasets.load_dataset(path)
+    except FileNotFoundError as exc:
+        raise DataError(f"data.path={path}: not a file, folder or reachable dataset ({exc})") from exc
+    except ConnectionError as exc:
+        raise DataError(f"data.path={path}: the Hugging Face Hub is unreachable ({exc}); give a local file") from exc
+    if isinstance(ds, datasets.Dataset):
+        ds = datasets.DatasetDict({"train": ds})
+    return ds
 
 
 class _LazyColumn(Sequence):

@@ -114,17 +114,25 @@ class TokenClassificationRecipe(Recipe):
     cfg: TokenClassificationConfig
 
     # ---------------------------------------------------------------- data
+    def _source_kwargs(self) -> dict[str, str]:
+        """The data.* field/column names every document loader accepts."""
+        d = self.cfg.data
+        return {
+            k: getattr(d, k)
+            for k in (
+                "text_field",
+                "spans_field",
+                "start_key",
+                "end_key",
+                "category_key",
+                "tokens_column",
+                "tags_column",
+            )
+        }
+
     def _load_splits(self) -> dict[str, list[Document]]:
         d = self.cfg.data
-        kw = dict(
-            text_field=d.text_field,
-            spans_field=d.spans_field,
-            start_key=d.start_key,
-            end_key=d.end_key,
-            category_key=d.category_key,
-            tokens_column=d.tokens_column,
-            tags_column=d.tags_column,
-        )
+        kw = self._source_kwargs()
         splits = load_documents(d.path, d.format, **kw)
         for name, path in (("val", d.val_path), ("test", d.test_path)):
             if path:
@@ -351,15 +359,7 @@ class TokenClassificationRecipe(Recipe):
 
     def _eval_documents(self) -> list[EncodedDoc]:
         d = self.cfg.data
-        kw = dict(
-            text_field=d.text_field,
-            spans_field=d.spans_field,
-            start_key=d.start_key,
-            end_key=d.end_key,
-            category_key=d.category_key,
-            tokens_column=d.tokens_column,
-            tags_column=d.tags_column,
-        )
+        kw = self._source_kwargs()
         splits = load_documents(d.path, d.format, **kw)
         if d.split == "auto":
             name = next((s for s in ("test", "val") if s in splits), "train") if len(splits) > 1 else "train"

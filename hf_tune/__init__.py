@@ -1,3 +1,38 @@
-"""hf_tune: fine-tuning recipes for pretrained encoders on the Hugging Face stack."""
+"""hf_tune: fine-tuning recipes for pretrained encoders on the Hugging Face stack.
+
+Public Python API (the CLI is built on the same pieces)::
+
+    import hf_tune
+    cfg = hf_tune.load_config(["recipe=quickstart", "training.num_train_epochs=1"])
+    run = hf_tune.Run(cfg)          # a recipe through its life cycle
+    metrics = run.fit()             # setup -> train -> evaluate -> save; returns the metrics
+    run.model_dir                   # the saved model folder (loads with transformers' pipeline)
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["ConfigError", "DataError", "Run", "list_recipes", "load_config"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy imports keep `import hf_tune` light (no torch/transformers until something is used).
+    if name in ("load_config", "ConfigError"):
+        from hf_tune import config
+
+        return getattr(config, name)
+    if name == "DataError":
+        from hf_tune.data.images import DataError
+
+        return DataError
+    if name == "Run":
+        from hf_tune.api import Run
+
+        return Run
+    if name == "list_recipes":
+        from hf_tune.config import available_recipes
+
+        return available_recipes
+    raise AttributeError(name)

@@ -134,3 +134,32 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_ema_restored_on_resume(tiny_image_args, tmp_path, capsys):
+    """The resumed run starts from the checkpoint's EMA, not from a fresh copy of the weights."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from hf_tune.callbacks import EmaCallback
+
+    args = [*tiny_image_args, "techniques.ema.enabled=true", "techniques.ema.decay=0.5"]
+    assert main(["train", *args]) == 0
+    run = tmp_path / "run"
+    shutil.rmtree(run / "model")
+    seen = {}
+    original = EmaCallback.on_train_begin
+
+    def spy(self, *a, **kw):
+        original(self, *a, **kw)
+        seen["ema"] = {k: v.clone() for k, v in self.ema.module.state_dict().items()}
+
+    EmaCallback.on_train_begin = spy
+    try:
+        assert main(["train", *args, "training.max_steps=6", "resume=true"]) == 0
+    finally:
+        EmaCallback.on_train_begin = original
+    saved = load_file(str(run / "checkpoint-4" / "ema.safetensors"))
+    key = next(k for k in saved if k.endswith("fc.weight"))
+    assert torch_equal(seen["ema"][key], saved[key])

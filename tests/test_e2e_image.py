@@ -163,3 +163,24 @@ def test_ema_restored_on_resume(tiny_image_args, tmp_path, capsys):
     saved = load_file(str(run / "checkpoint-4" / "ema.safetensors"))
     key = next(k for k in saved if k.endswith("fc.weight"))
     assert torch_equal(seen["ema"][key], saved[key])
+
+
+def test_grad_norms_reach_tensorboard(tiny_image_args, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = [
+        *tiny_image_args,
+        "training.report_to=tensorboard",
+        "techniques.monitor.grad_norms=true",
+        "training.logging_steps=2",
+    ]
+    assert main(["train", *args]) == 0
+    events = sorted((tmp_path / "run" / "runs").rglob("events.out.tfevents*"))
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "train/grad_norm" in tags
+    assert any(t.startswith("train/grad_norm_pre/") for t in tags)
+    assert any(t.startswith("train/grad_norm_post/") for t in tags)
+    assert (tmp_path / "run" / "grad_norms.png").is_file()

@@ -124,7 +124,6 @@ class GradientCallback(TrainerCallback):
         self.skip_nonfinite, self.max_nonfinite = skip_nonfinite, max_nonfinite_in_a_row
         self.history: list[float] = []
         self.pending: dict[str, float] = {}
-        self.series: list[dict[str, float]] = []
         self.skipped_total = 0
         self.skipped_in_a_row = 0
         self.last_threshold: float | None = None
@@ -200,12 +199,10 @@ class GradientCallback(TrainerCallback):
         """Metrics for the next Trainer log call (HfTuneTrainer.log merges them)."""
         out = dict(self.pending)
         out["nonfinite_steps_skipped"] = self.skipped_total
-        if self.monitor and out:
-            self.series.append(out)
         return out
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.plot and self.monitor and state.is_world_process_zero and self.series:
+        if self.plot and self.monitor and state.is_world_process_zero:
             plot_grad_norms(
                 [
                     (h.get("step", i), h)

@@ -155,6 +155,15 @@ def carve_documents(splits: dict[str, list[Document]], ratios: Sequence[float], 
     return out
 
 
+def limit_splits(splits: dict[str, list], n_train: int | None, n_eval: int | None, seed: int, source: str | None):
+    """Seeded subsets of train (``n_train``) and val/test (``n_eval``); an empty split is an error."""
+    out = {name: subset(items, n_train if name == "train" else n_eval, seed) for name, items in splits.items()}
+    for name, items in out.items():
+        if not items:
+            raise DataError(f"{source}: split {name!r} is empty; change data.split_ratios or add data")
+    return out
+
+
 def subset(docs: list[Document], n: int | None, seed: int) -> list[Document]:
     if n is None or n >= len(docs):
         return docs

@@ -394,7 +394,7 @@ class Recipe:
     def load_model(cls, model_dir: Path):
         raise NotImplementedError
 
-    def eval_dataset(self, split: str) -> tuple[str, Any]:
+    def eval_dataset(self, split: str, model_dir: Path) -> tuple[str, Any]:
         """Build the dataset for ``hf-tune evaluate`` from ``cfg.data``; returns (split name, dataset)."""
         raise NotImplementedError
 
@@ -407,7 +407,7 @@ class Recipe:
 
         self.model = self.load_model(model_dir)
         self.label_names = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
-        split, ds = self.eval_dataset(getattr(self.cfg.data, "split", "auto"))
+        split, ds = self.eval_dataset(getattr(self.cfg.data, "split", "auto"), model_dir)
         with tempfile.TemporaryDirectory() as tmp:
             args = self.training_args(
                 output_dir=tmp,

@@ -119,7 +119,7 @@ class ImageClassificationRecipe(Recipe):
 
         return TimmWrapperForImageClassification.from_pretrained(str(model_dir))
 
-    def eval_dataset(self, split: str) -> tuple[str, Any]:
+    def eval_dataset(self, split: str, model_dir: Path) -> tuple[str, Any]:
         splits = self._load_splits(known_labels=self.label_names)
         if split == "auto":
             split = next((s for s in ("test", "val") if s in splits), "train")

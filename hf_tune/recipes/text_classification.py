@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from hf_tune.config import TextClassificationConfig
-from hf_tune.data.documents import carve_list, load_texts, subset
+from hf_tune.data.documents import carve_list, limit_splits, load_texts
 from hf_tune.data.images import DataError
 from hf_tune.metrics import classification_metrics, multilabel_metrics, softmax
 from hf_tune.modeling import load_pretrained, resolve_model_name
@@ -82,14 +82,7 @@ class TextClassificationRecipe(Recipe):
 
         d = self.cfg.data
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(self.cfg.model.name))
-        splits = self._load_splits()
-        splits["train"] = subset(splits["train"], d.max_train_samples, d.split_seed)
-        for s in ("val", "test"):
-            if s in splits:
-                splits[s] = subset(splits[s], d.max_eval_samples, d.split_seed)
-        for name, rows in splits.items():
-            if not rows:
-                raise DataError(f"{d.path}: split {name!r} is empty; change data.split_ratios or add data")
+        splits = limit_splits(self._load_splits(), d.max_train_samples, d.max_eval_samples, d.split_seed, d.path)
         seen = sorted({lab for r in splits["train"] for lab in (r["label"] if d.multi_label else [r["label"]])})
         self.label_names = list(d.labels) if d.labels else seen
         self.datasets = {name: self._encode(rows, d.path) for name, rows in splits.items()}
@@ -137,10 +130,10 @@ class TextClassificationRecipe(Recipe):
 
         return AutoModelForSequenceClassification.from_pretrained(str(model_dir))
 
-    def eval_dataset(self, split: str) -> tuple[str, Any]:
+    def eval_dataset(self, split: str, model_dir: Path) -> tuple[str, Any]:
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(self._model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         d = self.cfg.data
         splits = load_texts(
             d.path,
@@ -157,10 +150,6 @@ class TextClassificationRecipe(Recipe):
         if split not in carved:
             raise DataError(f"data.split={split}: {d.path} gives splits {sorted(carved)}")
         return split, self._encode(carved[split], d.path)
-
-    def evaluate_saved(self, model_dir: Path) -> dict[str, Any]:
-        self._model_dir = str(model_dir)
-        return super().evaluate_saved(model_dir)
 
     def predict(self, model_dir: Path, source: str, batch_size: int = 32) -> Iterator[dict[str, Any]]:
         from transformers import AutoTokenizer

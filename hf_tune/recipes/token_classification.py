@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hf_tune.config import TokenClassificationConfig
-from hf_tune.data.documents import carve_documents, load_documents, subset
+from hf_tune.data.documents import carve_documents, limit_splits, load_documents
 from hf_tune.data.images import DataError
 from hf_tune.data.spans import (
     IGNORE,
@@ -144,14 +144,7 @@ class TokenClassificationRecipe(Recipe):
 
         d = self.cfg.data
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(self.cfg.model.name))
-        splits = self._load_splits()
-        splits["train"] = subset(splits["train"], d.max_train_docs, d.split_seed)
-        for s in ("val", "test"):
-            if s in splits:
-                splits[s] = subset(splits[s], d.max_eval_docs, d.split_seed)
-        for name, docs in splits.items():
-            if not docs:
-                raise DataError(f"{d.path}: split {name!r} has no documents; change data.split_ratios or add data")
+        splits = limit_splits(self._load_splits(), d.max_train_docs, d.max_eval_docs, d.split_seed, d.path)
         seen = sorted({s.category for doc in splits["train"] for s in doc.spans})
         self.categories = list(d.categories) if d.categories else seen
         unknown = sorted(set(seen) - set(self.categories))

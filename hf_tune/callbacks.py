@@ -253,3 +253,24 @@ class UnfreezeCallback(TrainerCallback):
             self.at_steps.pop(0)
             for p in self.frozen.pop():
                 p.requires_grad_(True)
+
+
+class DwaCallback(TrainerCallback):
+    """Dynamic weight averaging: every ``interval`` optimizer steps, the model's task weights are recomputed
+    from the mean per-task losses of the last two periods (hf_tune.multitask.dwa_weights)."""
+
+    def __init__(self, meter, names: list[str], interval: int, temperature: float) -> None:
+        self.meter, self.names, self.interval, self.temperature = meter, names, interval, temperature
+        self.history: list[list[float]] = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        from hf_tune.multitask import dwa_weights
+
+        if state.global_step % self.interval:
+            return
+        means = self.meter.take_period()
+        if any(n not in means for n in self.names):
+            return  # a task was not sampled in this period: keep the current weights
+        self.history.append([means[n] for n in self.names])
+        if len(self.history) >= 2:
+            model.loss_weighting.set_dynamic(dwa_weights(self.history[-1], self.history[-2], self.temperature))

@@ -2,8 +2,11 @@
 
     hf-tune train recipe=NAME key=value ...
     hf-tune recipes
-    hf-tune evaluate RUN_OR_MODEL_DIR data.path=FILE [data.split=test] [output=FILE]
-    hf-tune predict MODEL_DIR INPUT [output=FILE] [batch_size=N]
+    hf-tune evaluate RUN_OR_MODEL_DIR data.path=FILE [data.split=test] [output=FILE] [task=NAME]
+    hf-tune predict MODEL_DIR INPUT [output=FILE] [batch_size=N] [task=NAME]
+
+For multi-task models ``task=NAME`` picks one task (default: all), and ``data.KEY=VALUE`` applies to every
+task's data (``tasks.NAME.data.KEY=VALUE`` to one).
 
 Errors in the user's input (config, data, output dir) print one clear message and exit with code 2,
 without a traceback; anything else is a bug and keeps its traceback.
@@ -114,12 +117,31 @@ def _split_extra(overrides: list[str], extra: tuple[str, ...]) -> tuple[dict[str
     return opts, rest
 
 
+def _load_saved(model_dir: Path, overrides: list[str], task: str | None):
+    """The run's resolved config with overrides; for multi-task runs ``data.*`` fans out to every task."""
+    import yaml
+
+    saved = yaml.safe_load((model_dir / RESOLVED_CONFIG_NAME).read_text()) or {}
+    if saved.get("task") == "multitask":
+        tasks = [task] if task else list(saved.get("tasks") or {})
+        overrides = [
+            o2 for o in overrides for o2 in ([f"tasks.{t}.{o}" for t in tasks] if o.startswith("data.") else [o])
+        ]
+    elif task:
+        raise ConfigError([f"task={task}: only multi-task models have tasks (this one is {saved.get('task')})"])
+    return load_saved_config(model_dir / RESOLVED_CONFIG_NAME, overrides)
+
+
+def _task_kwargs(opts: dict[str, str]) -> dict[str, str]:
+    return {"task": opts["task"]} if "task" in opts else {}
+
+
 @COMMANDS.register("evaluate")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     model_dir = _model_dir(args.run_dir)
-    opts, overrides = _split_extra(args.overrides, ("output",))
-    cfg = load_saved_config(model_dir / RESOLVED_CONFIG_NAME, overrides)
-    metrics = _recipe_for(cfg).evaluate_saved(model_dir)
+    opts, overrides = _split_extra(args.overrides, ("output", "task"))
+    cfg = _load_saved(model_dir, overrides, opts.get("task"))
+    metrics = _recipe_for(cfg).evaluate_saved(model_dir, **_task_kwargs(opts))
     line = json.dumps(_scalar(metrics))
     out = Path(opts.get("output") or model_dir / f"eval_{metrics['split']}.json")
     out.write_text(line + "\n")
@@ -130,11 +152,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 @COMMANDS.register("predict")
 def cmd_predict(args: argparse.Namespace) -> int:
     model_dir = _model_dir(args.model_dir)
-    opts, overrides = _split_extra(args.overrides, ("output", "batch_size"))
-    cfg = load_saved_config(model_dir / RESOLVED_CONFIG_NAME, overrides)
+    opts, overrides = _split_extra(args.overrides, ("output", "batch_size", "task"))
+    cfg = _load_saved(model_dir, overrides, opts.get("task"))
     if not Path(args.input).exists():
         raise FileNotFoundError(f"{args.input}: input file or folder not found")
-    rows = _recipe_for(cfg).predict(model_dir, args.input, batch_size=int(opts.get("batch_size", 32)))
+    rows = _recipe_for(cfg).predict(
+        model_dir, args.input, batch_size=int(opts.get("batch_size", 32)), **_task_kwargs(opts)
+    )
     sink = open(opts["output"], "w") if "output" in opts else sys.stdout
     try:
         for row in rows:

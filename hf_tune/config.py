@@ -437,6 +437,8 @@ class TextDataConfig:
     """Class names in id order; None: sorted label values seen in training."""
     multi_label: bool = False
     """Each example has a list of labels (sigmoid per class) instead of one."""
+    regression: bool = False
+    """The label column holds numbers: one regression output trained with mean squared error."""
     max_length: int = 256
     """Longer texts are truncated (classification reads the beginning; tag long documents instead)."""
     split: str = "auto"
@@ -455,8 +457,131 @@ class TextClassificationConfig(BaseConfig):
 
     def validate(self) -> list[str]:
         errors = super().validate() + _validate_ratios(self.data.split_ratios)
-        if self.data.multi_label and self.techniques.loss.name != "cross_entropy":
-            errors.append("techniques.loss.name: multi_label text classification uses the model's BCE loss")
+        if (self.data.multi_label or self.data.regression) and self.techniques.loss.name != "cross_entropy":
+            errors.append("techniques.loss.name: multi_label/regression text tasks use the model's BCE/MSE loss")
+        if self.data.multi_label and self.data.regression:
+            errors.append("data.multi_label and data.regression are both true: choose one")
+        return errors
+
+
+# --------------------------------------------------------------------------------------------------
+# Multi-task: one shared encoder, a head per task
+# --------------------------------------------------------------------------------------------------
+
+TASK_DATA_SCHEMAS: dict[str, type] = {
+    "token_classification": TokenDataConfig,
+    "text_classification": TextDataConfig,
+    "image_classification": ImageDataConfig,
+}
+
+
+@dataclass
+class MultitaskModelConfig:
+    name: str = "bert-base-uncased"
+    """The shared encoder: a BERT-family Hub id / folder / pkg:<package> (text tasks), or a timm model name
+    (image tasks)."""
+    pretrained: bool = False
+    """Image encoders only: load timm's pretrained weights from the Hub (text encoders are always pretrained)."""
+    in_chans: int = 3
+    image_size: int = 224
+    drop_rate: float = 0.0
+    """Image encoders: timm dropout before the (removed) classifier."""
+    head_dropout: float = 0.1
+    """Dropout in front of every task head."""
+    pooling: Literal["mean", "cls"] = "mean"
+    """How sequence heads read a text encoder: mean over real tokens (what sentence encoders such as MiniLM were
+    trained for) or the [CLS] vector."""
+
+
+@dataclass
+class TaskConfig:
+    """One task of a multi-task recipe."""
+
+    type: Literal["token_classification", "text_classification", "image_classification"]
+    """Which single-task recipe's data handling, head and metrics the task reuses. text_classification covers
+    single-label, multi-label (data.multi_label) and regression (data.regression) heads."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """The data section of that recipe kind (same keys, same defaults)."""
+    loss_weight: float = 1.0
+    """Fixed weight of this task's loss (also the base that uncertainty/DWA weighting multiplies)."""
+    metric: str | None = None
+    """Headline metric for this task, e.g. span_f1 or f1_micro (logged as eval_<task>_<metric>); None: the
+    recipe kind's first metric."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """This task's classification loss (focal, class weights); multi-label and regression heads use BCE/MSE."""
+
+
+@dataclass
+class MultitaskOptions:
+    sampling: str = "temperature"
+    """How training slots are shared among tasks (see hf_tune.multitask.SAMPLING): proportional,
+    temperature (p ~ n^(1/T)), uniform, round_robin (homogeneous batches, tasks take turns)."""
+    temperature: float = 2.0
+    """T for sampling=temperature: 1 = proportional, larger = closer to uniform."""
+    epoch_size: int | None = None
+    """Examples per epoch; None: the sum of the tasks' training set sizes."""
+    weighting: str = "fixed"
+    """How task losses combine (see hf_tune.multitask.WEIGHTINGS): fixed, uncertainty, dwa."""
+    dwa_temperature: float = 2.0
+    dwa_interval: int = 50
+    """DWA: optimizer steps per averaging period (the paper uses epochs; CPU runs are shorter)."""
+    pcgrad: bool = False
+    """Project away conflicting task gradients on the shared encoder (PCGrad). One extra backward per task;
+    single process only."""
+
+
+@dataclass
+class MultitaskConfig(BaseConfig):
+    model: MultitaskModelConfig = field(default_factory=MultitaskModelConfig)
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    multitask: MultitaskOptions = field(default_factory=MultitaskOptions)
+
+    def task_data(self, name: str, errors: list[str] | None = None) -> Any:
+        """The typed data section of task ``name`` (its recipe kind's data schema)."""
+        errs: list[str] = []
+        t = self.tasks[name]
+        out = build(TASK_DATA_SCHEMAS[t.type], t.data, errs, prefix=f"tasks.{name}.data")
+        if errors is not None:
+            errors += errs
+        elif errs:
+            raise ConfigError(errs)
+        return out
+
+    def validate(self) -> list[str]:
+        from hf_tune.multitask import SAMPLING, WEIGHTINGS
+
+        errors = super().validate()
+        if not self.tasks:
+            errors.append("tasks: a multitask recipe needs at least one task (tasks.NAME.type, tasks.NAME.data)")
+        kinds = {"image" if t.type == "image_classification" else "text" for t in self.tasks.values()}
+        if len(kinds) > 1:
+            errors.append("tasks: text and image tasks cannot share one encoder; use one modality per recipe")
+        for name, t in self.tasks.items():
+            if not name.isidentifier():
+                errors.append(f"tasks.{name}: task names must be identifiers (letters, digits, _)")
+            data = self.task_data(name, errors)
+            if data is not None:
+                errors += [f"tasks.{name}.{e}" for e in _validate_ratios(data.split_ratios)]
+            if t.loss_weight < 0:
+                errors.append(f"tasks.{name}.loss_weight must be >= 0")
+            if t.loss.name not in ("cross_entropy", "focal"):
+                errors.append(f"tasks.{name}.loss.name: cross_entropy or focal, got {t.loss.name!r}")
+        m = self.multitask
+        for key, value, reg in (("sampling", m.sampling, SAMPLING), ("weighting", m.weighting, WEIGHTINGS)):
+            if value not in reg:
+                errors.append(
+                    f"multitask.{key}: unknown {reg.kind} {value!r}{did_you_mean(value, reg.names())}; "
+                    f"known: {', '.join(reg.names())}"
+                )
+        if m.temperature <= 0:
+            errors.append("multitask.temperature must be > 0")
+        if m.pcgrad and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            errors.append("multitask.pcgrad runs in a single process only (it takes per-task gradients itself)")
+        tech = self.techniques
+        if tech.loss != LossConfig():
+            errors.append("techniques.loss: set the loss per task in tasks.NAME.loss for multitask recipes")
+        if tech.lora.enabled:
+            errors.append("techniques.lora: not supported for multitask recipes yet; use techniques.freeze")
         return errors
 
 
@@ -468,6 +593,7 @@ CONFIGS: Registry[type[BaseConfig]] = Registry("recipe kind (task)")
 CONFIGS.add("image_classification", ImageClassificationConfig)
 CONFIGS.add("token_classification", TokenClassificationConfig)
 CONFIGS.add("text_classification", TextClassificationConfig)
+CONFIGS.add("multitask", MultitaskConfig)
 
 
 # --------------------------------------------------------------------------------------------------

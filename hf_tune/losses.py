@@ -98,3 +98,17 @@ def build_loss(
     if name == "focal":
         kwargs |= {"gamma": focal_gamma, "alpha": focal_alpha}
     return partial(fn, **kwargs)
+
+
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 0.0) -> torch.Tensor:
+    """Mean binary cross-entropy over labelled token rows (rows of -100 are padding/ignored tokens);
+    gamma > 0 gives the sigmoid focal loss."""
+    mask = labels[..., 0] != IGNORE_INDEX
+    x, y = logits[mask].float(), labels[mask].float()
+    if x.numel() == 0:
+        return logits.sum() * 0.0
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="none")
+    if gamma > 0:
+        p_t = torch.where(y > 0.5, x.sigmoid(), 1 - x.sigmoid())
+        loss = loss * (1 - p_t).pow(gamma)
+    return loss.mean()

@@ -65,3 +65,17 @@ def multilabel_metrics(logits: np.ndarray, labels: np.ndarray, threshold: float 
     if both:
         out["roc_auc"] = float(np.mean([roc_auc_score(y[:, c], probs[:, c]) for c in both]))
     return out
+
+
+def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """MSE, RMSE, MAE, R^2 and Pearson r of predictions against targets (both flattened)."""
+    p = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    y = np.asarray(targets, dtype=np.float64).reshape(-1)
+    err = p - y
+    mse = float(np.mean(err**2))
+    var = float(np.var(y))
+    out = {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(np.mean(np.abs(err)))}
+    out["r2"] = 1.0 - mse / var if var > 0 else 0.0
+    if np.std(p) > 0 and np.std(y) > 0:
+        out["pearson"] = float(np.corrcoef(p, y)[0, 1])
+    return out

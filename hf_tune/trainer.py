@@ -8,8 +8,12 @@
   to the model's logits, because Trainer only offers the model's own loss or label smoothing.
 - ``evaluate``: runs on the EMA weights when an EmaCallback is attached with evaluate_with_ema, because
   no callback fires before evaluation starts.
-- ``log``: adds the gradient monitor's metrics (per-block norms, skipped steps) to Trainer's logs so they
-  reach log_history and every reporting integration (TensorBoard, ...).
+- ``log``: adds the gradient monitor's metrics (per-block norms, skipped steps) and the per-task losses of
+  a multi-task model to Trainer's logs so they reach log_history and every reporting integration.
+- ``_get_train_sampler``: a multi-task run's task sampler (proportional, temperature, uniform, round-robin)
+  replaces the random sampler; Trainer and accelerate still build, shard and resume the DataLoader.
+- ``compute_loss`` (multi-task): records per-task losses and, with PCGrad, returns a loss whose gradient on
+  the shared encoder is the projected one.
 Everything else (EMA updates, clipping, freezing schedules, saved config) is a TrainerCallback.
 """
 
@@ -19,6 +23,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import Trainer
 
@@ -38,6 +43,9 @@ class HfTuneTrainer(Trainer):
         optimizer_cls: type | None = None,
         schedule: tuple[str, dict[str, Any]] | None = None,
         grad_monitor=None,
+        train_sampler=None,
+        task_meter=None,
+        pcgrad: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -50,6 +58,8 @@ class HfTuneTrainer(Trainer):
         self.param_groups_fn, self.optimizer_kwargs, self.schedule = param_groups_fn, optimizer_kwargs or {}, schedule
         self.optimizer_cls = optimizer_cls
         self.grad_monitor = grad_monitor
+        self.train_sampler, self.task_meter, self.pcgrad = train_sampler, task_meter, pcgrad
+        self._pcgrad_rng = np.random.default_rng(int(self.args.seed))
         for cb in (ema, grad_monitor):
             if cb is not None:
                 self.add_callback(cb)
@@ -82,7 +92,14 @@ class HfTuneTrainer(Trainer):
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
+    def _get_train_sampler(self, train_dataset=None):
+        if self.train_sampler is not None:
+            return self.train_sampler
+        return super()._get_train_sampler(train_dataset)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.task_meter is not None and "labels" in inputs:
+            return self._multitask_loss(model, inputs, return_outputs)
         if self.loss_fn is None or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
@@ -91,9 +108,24 @@ class HfTuneTrainer(Trainer):
         outputs.loss = loss
         return (loss, outputs) if return_outputs else loss
 
+    def _multitask_loss(self, model, inputs, return_outputs):
+        from hf_tune.multitask import pcgrad_surrogate
+
+        outputs = model(**inputs)
+        loss = outputs.loss
+        if model.training:
+            self.task_meter.add(outputs.task_losses)
+            if self.pcgrad:
+                shared = [p for p in self.accelerator.unwrap_model(model).encoder.parameters() if p.requires_grad]
+                loss = pcgrad_surrogate(list(outputs.task_terms.values()), shared, self._pcgrad_rng)
+        return (loss, outputs) if return_outputs else loss
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.grad_monitor is not None and "loss" in logs:
             logs = {**logs, **self.grad_monitor.take_logs()}
+        if self.task_meter is not None and "loss" in logs:
+            weights = self.accelerator.unwrap_model(self.model).loss_weighting.effective_weights()
+            logs = {**logs, **self.task_meter.take_logs(), **{f"weight_{n}": round(w, 5) for n, w in weights.items()}}
         super().log(logs, start_time)
 
     def evaluate(self, *args, **kwargs):

@@ -235,6 +235,15 @@ def load_span_examples(path: str, span_min_chars: int = 1, **_):
     return {"train": out}
 
 
+@TEXT_SOURCES.register("span_documents")
+def load_span_document_labels(path: str, **_):
+    """Document-level multi-label examples from span JSONL: a whole document labelled with the set of
+    categories its spans use (e.g. "which clause types does this contract contain"). Same documents in the
+    same order as the jsonl document format, so both carve into identical splits."""
+    docs = load_span_jsonl(path)["train"]
+    return {"train": [{"text": d.text, "label": sorted({s.category for s in d.spans})} for d in docs]}
+
+
 @TEXT_SOURCES.register("hf")
 def load_text_hf(path: str, text_column: str = "text", label_column: str = "label", multi_label: bool = False, **_):
     ds = load_hf_dataset(path)

@@ -2,6 +2,7 @@
 
 from hf_tune.recipes import (  # noqa: F401  (importing registers the recipe classes)
     image_classification,
+    multitask,
     text_classification,
     token_classification,
 )

@@ -234,10 +234,15 @@ class Recipe:
             evaluate_with_ema=self.cfg.techniques.ema.evaluate_with_ema,
             grad_monitor=self._grad_callback(),
             **opt,
+            **self.trainer_extras(),
         )
         if self._unfreeze is not None:
             self.trainer.add_callback(self._unfreeze)
         route_logs_to_stderr(self.trainer)
+
+    def trainer_extras(self) -> dict[str, Any]:
+        """Further HfTuneTrainer arguments of a recipe kind (multi-task: sampler, loss meter, PCGrad)."""
+        return {}
 
     def _grad_callback(self):
         from hf_tune.callbacks import GradientCallback
@@ -398,14 +403,15 @@ class Recipe:
         """Build the dataset for ``hf-tune evaluate`` from ``cfg.data``; returns (split name, dataset)."""
         raise NotImplementedError
 
-    def evaluate_saved(self, model_dir: Path) -> dict[str, Any]:
-        """Evaluate a saved model on ``cfg.data`` (used by ``hf-tune evaluate``)."""
+    def evaluate_saved(self, model_dir: Path, model=None) -> dict[str, Any]:
+        """Evaluate a saved model on ``cfg.data`` (used by ``hf-tune evaluate``); ``model`` replaces the one
+        in ``model_dir`` (a multi-task model's view of one task)."""
         import tempfile
 
         from hf_tune.callbacks import route_logs_to_stderr
         from hf_tune.trainer import HfTuneTrainer
 
-        self.model = self.load_model(model_dir)
+        self.model = model if model is not None else self.load_model(model_dir)
         self.label_names = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         split, ds = self.eval_dataset(getattr(self.cfg.data, "split", "auto"), model_dir)
         with tempfile.TemporaryDirectory() as tmp:
@@ -433,6 +439,7 @@ class Recipe:
         }
         return {"split": split, "num_examples": len(ds), **keep}
 
-    def predict(self, model_dir: Path, source: str, batch_size: int = 32) -> Iterator[dict[str, Any]]:
-        """Yield one JSON-able prediction per input (used by ``hf-tune predict``)."""
+    def predict(self, model_dir: Path, source: str, batch_size: int = 32, model=None) -> Iterator[dict[str, Any]]:
+        """Yield one JSON-able prediction per input (used by ``hf-tune predict``); ``model`` as in
+        :meth:`evaluate_saved`."""
         raise NotImplementedError

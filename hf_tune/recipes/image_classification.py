@@ -76,7 +76,7 @@ class ImageClassificationRecipe(Recipe):
         self._mode = "L" if m.in_chans == 1 else "RGB"
 
     def _setup_model(self) -> None:
-        m, d = self.cfg.model, self.cfg.data
+        m = self.cfg.model
         self.model = build_timm_classifier(
             m.name,
             len(self.label_names),
@@ -87,8 +87,12 @@ class ImageClassificationRecipe(Recipe):
             drop_rate=m.drop_rate,
             drop_path_rate=m.drop_path_rate,
         )
+        self.build_datasets(self.model.config.pretrained_cfg)
+
+    def build_datasets(self, pcfg: dict[str, Any]) -> None:
+        """Train/eval datasets with transforms from a model's data config (``pretrained_cfg``)."""
         # Transforms come from the model's saved data config, so eval here == pipeline() later.
-        pcfg = self.model.config.pretrained_cfg
+        d = self.cfg.data
         ev = eval_transform(pcfg)
         a = d.augmentation
         tr = (
@@ -129,8 +133,8 @@ class ImageClassificationRecipe(Recipe):
         ds = TransformedImages(splits[split], eval_transform(self.model.config.pretrained_cfg), mode)
         return split, ds
 
-    def predict(self, model_dir: Path, source: str, batch_size: int = 32) -> Iterator[dict[str, Any]]:
-        model = self.load_model(model_dir).eval()
+    def predict(self, model_dir: Path, source: str, batch_size: int = 32, model=None) -> Iterator[dict[str, Any]]:
+        model = (model or self.load_model(model_dir)).eval()
         pcfg = model.config.pretrained_cfg
         tf, mode = eval_transform(pcfg), "L" if pcfg["input_size"][0] == 1 else "RGB"
         split = _predict_inputs(source, self.cfg.data.split)

@@ -35,6 +35,7 @@ from hf_tune.data.spans import (
     stitch_owner,
     window_starts,
 )
+from hf_tune.losses import masked_bce
 from hf_tune.modeling import load_pretrained, resolve_model_name
 from hf_tune.recipes.base import RECIPES, Recipe, log
 
@@ -91,20 +92,6 @@ class MultiLabelTokenCollator:
                 out[i, : len(lab)] = torch.as_tensor(np.asarray(lab))
             batch["labels"] = out
         return batch
-
-
-def masked_bce(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 0.0) -> torch.Tensor:
-    """Mean binary cross-entropy over labelled token rows (rows of -100 are padding/ignored tokens);
-    gamma > 0 gives the sigmoid focal loss."""
-    mask = labels[..., 0] != IGNORE
-    x, y = logits[mask].float(), labels[mask].float()
-    if x.numel() == 0:
-        return logits.sum() * 0.0
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="none")
-    if gamma > 0:
-        p_t = torch.where(y > 0.5, x.sigmoid(), 1 - x.sigmoid())
-        loss = loss * (1 - p_t).pow(gamma)
-    return loss.mean()
 
 
 @RECIPES.register("token_classification")
@@ -263,10 +250,14 @@ class TokenClassificationRecipe(Recipe):
         metrics: dict[str, float] = {}
         for split, prefix in (("val", "eval"), ("test", "test")):
             if split in self.datasets:
-                self._metric_docs = self.encoded[split]
+                self.use_metric_split(split)
                 metrics.update(self.trainer.evaluate(self.datasets[split], metric_key_prefix=prefix))
-        self._metric_docs = self.encoded.get("val", [])
+        self.use_metric_split("val")
         return metrics
+
+    def use_metric_split(self, split: str) -> None:
+        """compute_metrics maps window predictions back to the documents of this split."""
+        self._metric_docs = self.encoded.get(split, [])
 
     def _reduce_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.cfg.data.scheme == "multilabel":
@@ -342,8 +333,8 @@ class TokenClassificationRecipe(Recipe):
         else:
             self.categories = [n[2:] for n in self.label_names[0::2]]
 
-    def evaluate_saved(self, model_dir: Path) -> dict[str, Any]:
-        self.model = self.load_model(model_dir).eval()
+    def evaluate_saved(self, model_dir: Path, model=None) -> dict[str, Any]:
+        self.model = (model or self.load_model(model_dir)).eval()
         self._restore_labels(model_dir)
         docs = self._eval_documents()
         pred_sets = [{s for s, _ in spans} for spans in self._predict_docs(docs)]
@@ -378,8 +369,8 @@ class TokenClassificationRecipe(Recipe):
                     outs.append(red[j][1 : len(f["input_ids"]) - 1])
             yield self.decode(e, outs) if outs else []
 
-    def predict(self, model_dir: Path, source: str, batch_size: int = 16) -> Iterator[dict[str, Any]]:
-        self.model = self.load_model(model_dir).eval()
+    def predict(self, model_dir: Path, source: str, batch_size: int = 16, model=None) -> Iterator[dict[str, Any]]:
+        self.model = (model or self.load_model(model_dir)).eval()
         self._restore_labels(model_dir)
         d = self.cfg.data
         for doc in read_documents_for_prediction(source, d.text_field):

@@ -547,6 +547,14 @@ class MultitaskConfig(BaseConfig):
             raise ConfigError(errs)
         return out
 
+    def nested_errors(self) -> list[str]:
+        """Errors inside each task's data section, collected with the rest of the schema walk."""
+        errors: list[str] = []
+        for name, t in (self.tasks or {}).items():
+            if isinstance(t, TaskConfig) and t.type in TASK_DATA_SCHEMAS:
+                self.task_data(name, errors)
+        return errors
+
     def validate(self) -> list[str]:
         from hf_tune.multitask import SAMPLING, WEIGHTINGS
 
@@ -559,7 +567,7 @@ class MultitaskConfig(BaseConfig):
         for name, t in self.tasks.items():
             if not name.isidentifier():
                 errors.append(f"tasks.{name}: task names must be identifiers (letters, digits, _)")
-            data = self.task_data(name, errors)
+            data = self.task_data(name, [])  # its key errors were reported by nested_errors()
             if data is not None:
                 errors += [f"tasks.{name}.{e}" for e in _validate_ratios(data.split_ratios)]
             if t.loss_weight < 0:
@@ -855,6 +863,8 @@ def from_mapping(data: dict[str, Any], source: str = "") -> BaseConfig:
         )
     errors: list[str] = []
     cfg = build(CONFIGS.get(task), data, errors)
+    if cfg is not None and hasattr(cfg, "nested_errors"):
+        errors += cfg.nested_errors()
     if cfg is not None and not errors:
         errors += cfg.validate()
     if errors:

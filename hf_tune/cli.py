@@ -4,6 +4,8 @@
     hf-tune recipes
     hf-tune evaluate RUN_OR_MODEL_DIR data.path=FILE [data.split=test] [output=FILE] [task=NAME]
     hf-tune predict MODEL_DIR INPUT [output=FILE] [batch_size=N] [task=NAME]
+    hf-tune report RUN_OR_MODEL_DIR
+    hf-tune push RUN_OR_MODEL_DIR REPO_ID [--public]
 
 For multi-task models ``task=NAME`` picks one task (default: all), and ``data.KEY=VALUE`` applies to every
 task's data (``tasks.NAME.data.KEY=VALUE`` to one).
@@ -29,10 +31,11 @@ from hf_tune.config import (
     load_saved_config,
 )
 from hf_tune.data.images import DataError
+from hf_tune.hub import HubError
 from hf_tune.modeling import ModelLoadError
 from hf_tune.registry import Registry, RegistryError
 
-USER_ERRORS = (ConfigError, DataError, ModelLoadError, RegistryError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, ModelLoadError, RegistryError, FileNotFoundError, HubError)
 COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("command")
 
 
@@ -58,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("model_dir")
     pr.add_argument("input")
     pr.add_argument("overrides", nargs="*", help="output=FILE batch_size=N data.split=...")
+    r = sub.add_parser("report", help="regenerate plots, report.md and the model card of a finished run")
+    r.add_argument("run_dir")
+    pu = sub.add_parser("push", help="push a finished run's model folder to the Hugging Face Hub (private)")
+    pu.add_argument("run_dir")
+    pu.add_argument("repo_id", help="namespace/name on the Hub")
+    pu.add_argument("--public", action="store_true", help="create the repository public (default: private)")
     return p
 
 
@@ -77,6 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_metrics = recipe.train()
     metrics = {**train_metrics, **recipe.evaluate()}
     final = recipe.save(metrics)
+    recipe.push(final)
     rank = recipe.trainer.args.process_index
     log(f"rank {rank} metrics {json.dumps(_scalar(metrics), sort_keys=True)}")
     if recipe.trainer.is_world_process_zero():
@@ -166,6 +176,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     finally:
         if sink is not sys.stdout:
             sink.close()
+    return 0
+
+
+@COMMANDS.register("report")
+def cmd_report(args: argparse.Namespace) -> int:
+    from hf_tune.hub import write_model_card
+    from hf_tune.report import write_report
+
+    model_dir = _model_dir(args.run_dir)
+    cfg = load_saved_config(model_dir / RESOLVED_CONFIG_NAME)
+    report = write_report(model_dir, title=cfg.recipe or cfg.task)
+    metrics_file = model_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    card = write_model_card(cfg, model_dir, metrics)
+    print(json.dumps({"report": str(report), "model_card": str(card)}))
+    return 0
+
+
+@COMMANDS.register("push")
+def cmd_push(args: argparse.Namespace) -> int:
+    from hf_tune.hub import push_model
+
+    model_dir = _model_dir(args.run_dir)
+    url = push_model(model_dir, args.repo_id, private=not args.public)  # token: HF_TOKEN or the cached login
+    print(json.dumps({"repo_id": args.repo_id, "url": url, "private": not args.public}))
     return 0
 
 

@@ -181,6 +181,21 @@ class TechniquesConfig:
 
 
 @dataclass
+class CardConfig:
+    """What the generated model card (README.md in the model folder and on the Hub) says beyond the facts
+    hf_tune records itself (task, base model, data, labels, settings, metrics, plots)."""
+
+    intended_use: str = ""
+    limitations: str = ""
+    medical: bool = False
+    """Adds a prominent "research use only, not for clinical use" statement (set by the medical recipes)."""
+    license: str | None = None
+    """SPDX-style id for the card metadata, e.g. apache-2.0."""
+    datasets: list[str] = field(default_factory=list)
+    """Hub dataset ids for the card metadata."""
+
+
+@dataclass
 class BaseConfig:
     """Fields every recipe kind has. Task-specific configs add ``model`` and ``data`` sections."""
 
@@ -193,6 +208,7 @@ class BaseConfig:
     training: dict[str, Any] = field(default_factory=dict)
     """Passed straight to transformers.TrainingArguments."""
     techniques: TechniquesConfig = field(default_factory=TechniquesConfig)
+    card: CardConfig = field(default_factory=CardConfig)
     resume: bool = False
     """Continue from the last checkpoint in training.output_dir."""
     overwrite: bool = False
@@ -891,8 +907,14 @@ def load_saved_config(path: Path, overrides: list[str] = ()) -> BaseConfig:
     return from_mapping(data, source=str(path))
 
 
+SECRET_TRAINING_KEYS = ("hub_token",)
+
+
 def to_dict(cfg: BaseConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as plain data, secrets left out (it is saved beside checkpoints and pushed to the Hub)."""
+    out = dataclasses.asdict(cfg)
+    out["training"] = {k: v for k, v in out["training"].items() if k not in SECRET_TRAINING_KEYS}
+    return out
 
 
 def dump_yaml(cfg: BaseConfig) -> str:

@@ -114,6 +114,20 @@ def wrap_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list
     return wrapped
 
 
+def scores_from_logits(logits, kind: str):
+    """Probabilities (softmax for single-label, sigmoid for multi-label) or raw values for regression."""
+    import numpy as np
+
+    from hf_tune.metrics import softmax
+
+    x = np.asarray(logits, dtype=np.float64)
+    if kind == "single":
+        return softmax(x)
+    if kind == "multilabel":
+        return 1.0 / (1.0 + np.exp(-x))
+    return x.reshape(len(x), -1)[:, 0] if x.ndim > 1 and x.shape[-1] == 1 else x
+
+
 class Recipe:
     """Base class; subclasses register with ``@RECIPES.register("<task>")``."""
 
@@ -155,7 +169,14 @@ class Recipe:
         return metrics
 
     def save(self, metrics: dict[str, Any]) -> Path:
-        """Final model + resolved config + metrics in ``output_dir/model`` (rank 0 writes)."""
+        """Final model + resolved config + metrics + report and model card in ``output_dir/model``.
+
+        Every rank takes part in the validation predictions for the report (Trainer gathers them);
+        rank 0 writes the files.
+        """
+        from hf_tune.hub import write_model_card
+        from hf_tune.report import LOG_HISTORY, save_predictions, write_report
+
         final = self.output_dir / FINAL_MODEL_DIR
         if self.trainer.ema is not None and self.cfg.techniques.ema.use_for_final_model:
             self.trainer.use_ema_weights()
@@ -163,6 +184,7 @@ class Recipe:
             self._save_lora(final)
         else:
             self.trainer.save_model(str(final))
+        predictions = self.validation_predictions()
         if self.trainer.is_world_process_zero():
             self._save_extras(final)
             save_config(self.cfg, final)
@@ -170,7 +192,47 @@ class Recipe:
             text = json.dumps(metrics, indent=2, sort_keys=True)
             (final / METRICS_FILE).write_text(text)
             (self.output_dir / METRICS_FILE).write_text(text)
+            (final / LOG_HISTORY).write_text(json.dumps(self.trainer.state.log_history))
+            for name, (scores, labels, names, kind) in predictions.items():
+                save_predictions(final, name, scores, labels, names, kind)
+            write_report(final, title=self.cfg.recipe or self.task)
+            write_model_card(
+                self.cfg, final, metrics, self.hub_repo_id() if self.cfg.training.get("push_to_hub") else None
+            )
         return final
+
+    # ---------------------------------------------------------------- report and Hub
+    def score_kind(self) -> str | None:
+        """How validation logits become report curves: single (softmax), multilabel (sigmoid), regression,
+        or None (no curves; e.g. tagging, whose report shows per-category F1)."""
+        return "single"
+
+    def validation_predictions(self) -> dict[str, tuple[Any, Any, list[str], str]]:
+        """``{name: (scores, labels, class names, kind)}`` on the validation split for the report."""
+        kind, ds = self.score_kind(), self.datasets.get("val")
+        if kind is None or ds is None or len(ds) == 0:
+            return {}
+        out = self.trainer.predict(ds, metric_key_prefix="report")
+        logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
+        return {"val": (scores_from_logits(logits, kind), out.label_ids, list(self.label_names), kind)}
+
+    def hub_repo_id(self) -> str:
+        return self.cfg.training.get("hub_model_id") or self.output_dir.resolve().name
+
+    def push(self, final: Path) -> str | None:
+        """Push the final model folder when ``training.push_to_hub`` is set (private unless
+        ``training.hub_private_repo=false``)."""
+        from hf_tune.hub import push_model
+
+        t = self.cfg.training
+        if not t.get("push_to_hub") or not self.trainer.is_world_process_zero():
+            return None
+        private = t.get("hub_private_repo")
+        url = push_model(
+            final, self.hub_repo_id(), private=True if private is None else bool(private), token=t.get("hub_token")
+        )
+        log(f"pushed {final} to {url}")
+        return url
 
     def _save_lora(self, final: Path) -> None:
         """The adapter in model/adapter/ and, merged into the base weights, a standard model in model/."""
@@ -200,6 +262,9 @@ class Recipe:
         use_cpu_backend_for_multiprocess()
         kwargs = {**self.cfg.training, "output_dir": str(self.output_dir), **overrides}
         kwargs.pop("resume_from_checkpoint", None)  # hf_tune resolves resuming itself (resume=true)
+        # hf_tune pushes the finished model/ folder with its card itself (Recipe.push); Trainer's own push
+        # would create the repo at start-up and upload the run folder (logs, no card) at every save.
+        kwargs["push_to_hub"] = False
         if self.hf_tune_clips():
             kwargs["max_grad_norm"] = 0.0  # GradientCallback clips once instead; Trainer still logs the norm
         if self.cfg.techniques.optim.name:

@@ -317,6 +317,19 @@ class MultitaskRecipe(Recipe):
             if hasattr(sub, "use_metric_split"):
                 sub.use_metric_split(split)
 
+    def validation_predictions(self) -> dict[str, tuple[Any, Any, list[str], str]]:
+        from hf_tune.recipes.base import scores_from_logits
+
+        out = {}
+        for n in self.names:
+            kind, ds = self.subs[n].score_kind(), self.datasets.get("val", {}).get(n)
+            if kind is None or ds is None:
+                continue
+            pred = self.trainer.predict(ds, metric_key_prefix=f"report_{n}")
+            names = list(self.model.config.tasks[n]["labels"]) or ["value"]
+            out[n] = (scores_from_logits(pred.predictions[n], kind), pred.label_ids[n], names, kind)
+        return out
+
     def _save_extras(self, model_dir: Path) -> None:
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(model_dir))

@@ -118,6 +118,10 @@ class TextClassificationRecipe(Recipe):
             kwargs["classifier_dropout"] = self.cfg.model.dropout
         self.model = load_pretrained(AutoModelForSequenceClassification, self.cfg.model.name, **kwargs)
 
+    def score_kind(self) -> str:
+        d = self.cfg.data
+        return "regression" if d.regression else "multilabel" if d.multi_label else "single"
+
     def problem_type(self) -> str:
         d = self.cfg.data
         if d.regression:

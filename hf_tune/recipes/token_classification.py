@@ -255,6 +255,9 @@ class TokenClassificationRecipe(Recipe):
         self.use_metric_split("val")
         return metrics
 
+    def score_kind(self) -> None:
+        return None  # the report shows per-category span F1 from the metrics instead of curves
+
     def use_metric_split(self, split: str) -> None:
         """compute_metrics maps window predictions back to the documents of this split."""
         self._metric_docs = self.encoded.get(split, [])

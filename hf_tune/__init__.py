@@ -7,6 +7,9 @@ Public Python API (the CLI is built on the same pieces)::
     run = hf_tune.Run(cfg)          # a recipe through its life cycle
     metrics = run.fit()             # setup -> train -> evaluate -> save; returns the metrics
     run.model_dir                   # the saved model folder (loads with transformers' pipeline)
+    run.evaluate(data_path=...), run.predict(path), run.show(), run.push("me/model")
+    hf_tune.Run.load("runs/quickstart")   # reopen a finished run
+    hf_tune.MultiHeadModel.from_pretrained(folder)   # a multi-task model, no training code needed
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "DataError", "Run", "list_recipes", "load_config"]
+__all__ = ["ConfigError", "DataError", "MultiHeadModel", "Run", "list_recipes", "load_config"]
 
 
 def __getattr__(name: str) -> Any:
@@ -31,6 +34,10 @@ def __getattr__(name: str) -> Any:
         from hf_tune.api import Run
 
         return Run
+    if name == "MultiHeadModel":
+        from hf_tune.multihead import MultiHeadModel
+
+        return MultiHeadModel
     if name == "list_recipes":
         from hf_tune.config import available_recipes
 

@@ -1,11 +1,22 @@
-"""A notebook-friendly wrapper around one recipe's life cycle (the CLI's `train` does the same steps)."""
+"""The notebook API: one object per run, with the CLI's verbs as methods.
+
+    run = hf_tune.Run.from_recipe("quickstart", training__num_train_epochs=1)
+    run.fit()                      # train, evaluate, save model/ with report and model card
+    run.evaluate(data_path="...")  # like `hf-tune evaluate`
+    run.predict("image_or_folder") # like `hf-tune predict`, a list of dicts
+    run.show()                     # plots inline in Jupyter (paths elsewhere)
+    run.push("me/my-model")        # like `hf-tune push`, private by default
+
+``Run.load(run_dir)`` reopens a finished run for evaluate/predict/show/push. In Jupyter, Trainer shows its
+own notebook progress bars; everything hf_tune logs goes to stderr, as on the command line.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from hf_tune.config import BaseConfig, load_config
+from hf_tune.config import RESOLVED_CONFIG_NAME, BaseConfig, load_config, load_run_config
 
 
 class Run:
@@ -25,15 +36,103 @@ class Run:
         args = [f"recipe={name}"] + [f"{k.replace('__', '.')}={_yaml_value(v)}" for k, v in overrides.items()]
         return cls(load_config(args))
 
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Run:
+        """A finished run (its folder or its model/ folder), ready for evaluate/predict/show/push."""
+        model_dir = _model_dir(Path(run_dir))
+        run = cls(load_run_config(model_dir))
+        run.model_dir = model_dir
+        metrics = model_dir / "metrics.json"
+        if metrics.is_file():
+            import json
+
+            run.metrics = json.loads(metrics.read_text())
+        return run
+
     def fit(self) -> dict[str, Any]:
         self.recipe.setup()
         self.metrics = {**self.recipe.train(), **self.recipe.evaluate()}
         self.model_dir = self.recipe.save(self.metrics)
+        self.recipe.push(self.model_dir)
         return self.metrics
 
     @property
     def trainer(self):
         return self.recipe.trainer
+
+    # ---------------------------------------------------------------- after training
+    def _fresh_recipe(self, overrides: list[str], task: str | None):
+        from hf_tune.recipes import RECIPES
+
+        cfg = load_run_config(self._require_model(), overrides, task)
+        return RECIPES.get(cfg.task)(cfg)
+
+    def _require_model(self) -> Path:
+        if self.model_dir is None:
+            raise RuntimeError("no trained model yet: call fit() first, or Run.load(run_dir)")
+        return self.model_dir
+
+    def evaluate(self, data_path: str | None = None, task: str | None = None, **overrides: Any) -> dict[str, Any]:
+        """Metrics of the saved model on ``data_path`` (default: the training config's data and split)."""
+        args = _overrides(overrides) + ([f"data.path={data_path}"] if data_path else [])
+        kwargs = {"task": task} if task else {}
+        return self._fresh_recipe(args, task).evaluate_saved(self._require_model(), **kwargs)
+
+    def predict(self, inputs: str | Path, task: str | None = None, batch_size: int = 32) -> list[dict[str, Any]]:
+        """Predictions for a file or folder (images, .txt documents, .jsonl), as ``hf-tune predict`` writes."""
+        if not Path(inputs).exists():
+            raise FileNotFoundError(f"{inputs}: input file or folder not found")
+        kwargs = {"task": task} if task else {}
+        recipe = self._fresh_recipe([], task)
+        return list(recipe.predict(self._require_model(), str(inputs), batch_size=batch_size, **kwargs))
+
+    def report(self) -> Path:
+        """(Re)write plots, report.md and the model card; returns report.md."""
+        from hf_tune.hub import write_model_card
+        from hf_tune.report import write_report
+
+        model_dir = self._require_model()
+        path = write_report(model_dir, title=self.cfg.recipe or self.cfg.task)
+        write_model_card(self.cfg, model_dir, self.metrics)
+        return path
+
+    def plots(self) -> list[Path]:
+        from hf_tune.report import PLOTS_DIR
+
+        folder = self._require_model() / PLOTS_DIR
+        if not folder.is_dir():
+            self.report()
+        return sorted(folder.glob("*.png"))
+
+    def show(self) -> list[Path]:
+        """Display the run's plots inline when running under IPython/Jupyter; returns their paths."""
+        paths = self.plots()
+        try:
+            from IPython import get_ipython
+            from IPython.display import Image, Markdown, display
+        except ImportError:
+            return paths
+        if get_ipython() is not None:
+            for p in paths:
+                display(Markdown(f"**{p.stem.replace('_', ' ')}**"), Image(filename=str(p)))
+        return paths
+
+    def push(self, repo_id: str, private: bool = True, token: str | None = None) -> str:
+        """Upload the model folder (weights, config, processor/tokenizer, card, recipe, plots) to the Hub."""
+        from hf_tune.hub import push_model
+
+        return push_model(self._require_model(), repo_id, private=private, token=token)
+
+
+def _model_dir(p: Path) -> Path:
+    for d in (p / "model", p):
+        if (d / RESOLVED_CONFIG_NAME).is_file():
+            return d
+    raise FileNotFoundError(f"{p}: no {RESOLVED_CONFIG_NAME} here or in {p / 'model'}")
+
+
+def _overrides(kw: dict[str, Any]) -> list[str]:
+    return [f"{k.replace('__', '.')}={_yaml_value(v)}" for k, v in kw.items()]
 
 
 def _yaml_value(v: Any) -> str:

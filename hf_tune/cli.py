@@ -28,6 +28,7 @@ from hf_tune.config import (
     available_recipes,
     load_config,
     load_recipe_yaml,
+    load_run_config,
     load_saved_config,
 )
 from hf_tune.data.images import DataError
@@ -128,18 +129,7 @@ def _split_extra(overrides: list[str], extra: tuple[str, ...]) -> tuple[dict[str
 
 
 def _load_saved(model_dir: Path, overrides: list[str], task: str | None):
-    """The run's resolved config with overrides; for multi-task runs ``data.*`` fans out to every task."""
-    import yaml
-
-    saved = yaml.safe_load((model_dir / RESOLVED_CONFIG_NAME).read_text()) or {}
-    if saved.get("task") == "multitask":
-        tasks = [task] if task else list(saved.get("tasks") or {})
-        overrides = [
-            o2 for o in overrides for o2 in ([f"tasks.{t}.{o}" for t in tasks] if o.startswith("data.") else [o])
-        ]
-    elif task:
-        raise ConfigError([f"task={task}: only multi-task models have tasks (this one is {saved.get('task')})"])
-    return load_saved_config(model_dir / RESOLVED_CONFIG_NAME, overrides)
+    return load_run_config(model_dir, overrides, task)
 
 
 def _task_kwargs(opts: dict[str, str]) -> dict[str, str]:

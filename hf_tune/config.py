@@ -910,6 +910,20 @@ def load_saved_config(path: Path, overrides: list[str] = ()) -> BaseConfig:
 SECRET_TRAINING_KEYS = ("hub_token",)
 
 
+def load_run_config(model_dir: Path, overrides: list[str] = (), task: str | None = None) -> BaseConfig:
+    """A finished run's config with overrides, for evaluate/predict. For a multi-task run ``data.KEY=V``
+    applies to every task (or to ``task`` only); ``task`` on a single-task run is an error."""
+    saved = yaml.safe_load((Path(model_dir) / RESOLVED_CONFIG_NAME).read_text()) or {}
+    overrides = list(overrides)
+    if saved.get("task") == "multitask":
+        tasks = [task] if task else list(saved.get("tasks") or {})
+        fan_out = [[f"tasks.{t}.{o}" for t in tasks] if o.startswith("data.") else [o] for o in overrides]
+        overrides = [x for group in fan_out for x in group]
+    elif task:
+        raise ConfigError([f"task={task}: only multi-task models have tasks (this one is {saved.get('task')})"])
+    return load_saved_config(Path(model_dir) / RESOLVED_CONFIG_NAME, overrides)
+
+
 def to_dict(cfg: BaseConfig) -> dict[str, Any]:
     """The config as plain data, secrets left out (it is saved beside checkpoints and pushed to the Hub)."""
     out = dataclasses.asdict(cfg)

@@ -52,7 +52,8 @@ def test_train_writes_files_then_evaluate_predict_and_pipeline(tiny_image_args, 
     pipe = pipeline("image-classification", model=str(model))
     for row in rows:
         top = pipe(row["input"])[0]
-        assert top["label"] == row["label"] and top["score"] == pytest.approx(row["score"], abs=1e-5)
+        # pipeline() runs on a GPU when there is one, hf-tune predict on CPU: kernels differ in the 5th digit
+        assert top["label"] == row["label"] and top["score"] == pytest.approx(row["score"], abs=1e-4)
 
     # the finished run is protected
     assert main(["train", *tiny_image_args]) == 2
@@ -133,7 +134,7 @@ def test_ema_saved_with_checkpoints_resumed_and_used_for_final_model(tiny_image_
 def torch_equal(a, b) -> bool:
     import torch
 
-    return bool(torch.equal(a, b))
+    return bool(torch.equal(a.cpu(), b.cpu()))
 
 
 def test_ema_restored_on_resume(tiny_image_args, tmp_path, capsys):

@@ -120,7 +120,7 @@ def test_image_run_writes_report_card_and_pushes_pipeline_ready_folder(tiny_imag
     pipe = pipeline("image-classification", model=str(repo))
     for row in rows:
         top = pipe(row["input"])[0]
-        assert top["label"] == row["label"] and top["score"] == pytest.approx(row["score"], abs=1e-5)
+        assert top["label"] == row["label"] and top["score"] == pytest.approx(row["score"], abs=1e-4)
 
 
 def test_train_with_push_to_hub_pushes_privately_and_keeps_token_out(
@@ -163,7 +163,7 @@ def test_train_with_push_to_hub_pushes_privately_and_keeps_token_out(
     doc.write_text(text)
     assert main(["predict", str(run), str(doc)]) == 0
     mine = json.loads(capsys.readouterr().out)
-    assert got["label"] == mine["label"] and got["score"] == pytest.approx(mine["score"], abs=1e-5)
+    assert got["label"] == mine["label"] and got["score"] == pytest.approx(mine["score"], abs=1e-4)
 
 
 def test_push_without_network_is_a_clear_error(tiny_image_args, tmp_path, capsys, monkeypatch):

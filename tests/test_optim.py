@@ -120,7 +120,7 @@ def test_every_registered_optimizer_builds_through_trainer_and_steps(name, tmp_p
     if hasattr(opt, "train"):
         opt.train()  # schedule-free optimizers switch modes
     before = model.weight.detach().clone()
-    model(torch.ones(4, 3)).sum().backward()
+    model(torch.ones(4, 3, device=model.weight.device)).sum().backward()  # Trainer may have moved it to a GPU
     opt.step()
     assert not torch.equal(before, model.weight)
     if name == "adam":

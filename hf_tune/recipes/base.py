@@ -74,8 +74,8 @@ def clear_run(output_dir: Path) -> None:
             shutil.rmtree(p)
 
 
-def use_cpu_backend_for_multiprocess() -> None:
-    """Several processes and no GPU: ask accelerate for CPU DDP over gloo.
+def use_cpu_backend_for_multiprocess() -> bool:
+    """More processes than GPUs (none, or fewer than WORLD_SIZE): ask accelerate for CPU DDP over gloo.
 
     accelerate only picks its MULTI_CPU mode when told ``cpu``; its own MULTI_CPU launcher needs mpirun,
     so ``accelerate_configs/cpu_ddp.yaml`` uses the torchrun launcher and this fills in the rest.
@@ -84,8 +84,12 @@ def use_cpu_backend_for_multiprocess() -> None:
 
     import torch
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if world > 1 and world > gpus:  # e.g. cpu_ddp.yaml's 2 processes on a 1-GPU machine
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+        return True
+    return False
 
 
 LORA_TASKS = {"token_classification": "TOKEN_CLS", "text_classification": "SEQ_CLS"}
@@ -259,8 +263,10 @@ class Recipe:
     def training_args(self, **overrides: Any):
         from transformers import TrainingArguments
 
-        use_cpu_backend_for_multiprocess()
+        cpu = use_cpu_backend_for_multiprocess()
         kwargs = {**self.cfg.training, "output_dir": str(self.output_dir), **overrides}
+        if cpu:
+            kwargs["use_cpu"] = True
         kwargs.pop("resume_from_checkpoint", None)  # hf_tune resolves resuming itself (resume=true)
         # hf_tune pushes the finished model/ folder with its card itself (Recipe.push); Trainer's own push
         # would create the repo at start-up and upload the run folder (logs, no card) at every save.

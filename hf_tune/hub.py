@@ -18,6 +18,12 @@ from hf_tune.config import BaseConfig, to_dict
 from hf_tune.report import PLOTS_DIR, REPORT, metrics_table
 
 CARD = "README.md"
+DATA_SUMMARY = "data_summary.json"
+EXAMPLE_INPUT = {
+    "image_classification": '"chest_xray.png"',
+    "token_classification": '"This Agreement shall be governed by the laws of the State of Delaware."',
+    "text_classification": '"Neither party may assign this Agreement without prior written consent."',
+}
 PIPELINE_TAGS = {
     "image_classification": "image-classification",
     "token_classification": "token-classification",
@@ -51,6 +57,8 @@ def _labels(model_dir: Path) -> dict[str, list[str]]:
     config = json.loads((model_dir / "config.json").read_text())
     if "tasks" in config:
         return {n: list(t.get("labels") or ["value"]) for n, t in config["tasks"].items()}
+    if config.get("label_names"):  # TimmWrapperConfig stores its labels this way
+        return {"": list(config["label_names"])}
     id2label = config.get("id2label") or {}
     return {"": [id2label[k] for k in sorted(id2label, key=int)]}
 
@@ -108,7 +116,7 @@ def _settings(cfg: BaseConfig) -> list[str]:
     return out
 
 
-def _data_lines(cfg: BaseConfig) -> list[str]:
+def _data_lines(cfg: BaseConfig, model_dir: Path) -> list[str]:
     sections = {n: t.data for n, t in cfg.tasks.items()} if cfg.task == "multitask" else {"": to_dict(cfg)["data"]}
     out = []
     for name, d in sections.items():
@@ -119,6 +127,12 @@ def _data_lines(cfg: BaseConfig) -> list[str]:
             if k in d
         )
         out.append(f"- {head}`{d.get('path')}`" + (f" ({extra})" if extra else ""))
+    sizes_file = model_dir / DATA_SUMMARY
+    if sizes_file.is_file():
+        sizes = json.loads(sizes_file.read_text())
+        for name, per_split in sizes.items():
+            head = f"`{name}` " if name else ""
+            out.append(f"- {head}examples: " + ", ".join(f"{k} {v:,}" for k, v in per_split.items()))
     if cfg.card.datasets:
         out.append("- Hub datasets: " + ", ".join(cfg.card.datasets))
     return out
@@ -144,7 +158,7 @@ def _how_to_load(cfg: BaseConfig, repo: str) -> str:
         "```python\n"
         "from transformers import pipeline\n\n"
         f'clf = pipeline("{tag}", model="{repo}"{extra})\n'
-        "clf(...)\n"
+        f"clf({EXAMPLE_INPUT[cfg.task]})\n"
         "```\n\n"
         f"or `hf-tune predict {repo_dir_hint(repo)} INPUT` for hf_tune's own JSONL output"
         + (" (long documents are windowed and stitched)" if cfg.task == "token_classification" else "")
@@ -189,7 +203,7 @@ def render_model_card(cfg: BaseConfig, model_dir: Path, metrics: dict[str, Any],
     for name, names in labels.items():
         shown = ", ".join(names[:50]) + (f", ... ({len(names)} in all)" if len(names) > 50 else "")
         lines.append(f"- labels{f' of `{name}`' if name else ''}: {shown}")
-    lines += ["", "## Data", "", *_data_lines(cfg), "", "## Training", "", *_settings(cfg), ""]
+    lines += ["", "## Data", "", *_data_lines(cfg, model_dir), "", "## Training", "", *_settings(cfg), ""]
     lines += ["The full resolved recipe is in `resolved_config.yaml`; reproduce with", "", "```bash"]
     lines += [f"hf-tune train recipe={model_dir / 'resolved_config.yaml'}", "```", ""]
     lines += ["## Evaluation", "", metrics_table(metrics)]

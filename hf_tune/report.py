@@ -36,8 +36,9 @@ def _plt():
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     _plt().close(fig)
     return path
 
@@ -86,11 +87,11 @@ def confusion(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
 def plot_confusion(labels: np.ndarray, scores: np.ndarray, names: Sequence[str], path: Path) -> Path:
     m = confusion(labels, scores.argmax(-1), len(names))
     plt = _plt()
-    size = min(4 + 0.35 * len(names), 16)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    size = min(5.5 + 0.3 * len(names), 16)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85), layout="constrained")
     im = ax.imshow(m, cmap="Blues")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix (n={int(m.sum())})")
+    ax.set(xlabel="predicted class", ylabel="true class", title=f"confusion matrix (n={int(m.sum())})")
     ax.set_xticks(range(len(names)), names, rotation=60 if len(names) > 4 else 0, ha="right", fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     if len(names) <= 12:

@@ -178,7 +178,7 @@ class Recipe:
         Every rank takes part in the validation predictions for the report (Trainer gathers them);
         rank 0 writes the files.
         """
-        from hf_tune.hub import write_model_card
+        from hf_tune.hub import DATA_SUMMARY, write_model_card
         from hf_tune.report import LOG_HISTORY, save_predictions, write_report
 
         final = self.output_dir / FINAL_MODEL_DIR
@@ -197,6 +197,7 @@ class Recipe:
             (final / METRICS_FILE).write_text(text)
             (self.output_dir / METRICS_FILE).write_text(text)
             (final / LOG_HISTORY).write_text(json.dumps(self.trainer.state.log_history))
+            (final / DATA_SUMMARY).write_text(json.dumps(self.data_summary()))
             for name, (scores, labels, names, kind) in predictions.items():
                 save_predictions(final, name, scores, labels, names, kind)
             write_report(final, title=self.cfg.recipe or self.task)
@@ -206,6 +207,10 @@ class Recipe:
         return final
 
     # ---------------------------------------------------------------- report and Hub
+    def data_summary(self) -> dict[str, dict[str, int]]:
+        """Examples per split, for the model card (``{"": {...}}``; multi-task: one entry per task)."""
+        return {"": {k: len(v) for k, v in self.datasets.items() if hasattr(v, "__len__")}}
+
     def score_kind(self) -> str | None:
         """How validation logits become report curves: single (softmax), multilabel (sigmoid), regression,
         or None (no curves; e.g. tagging, whose report shows per-category F1)."""

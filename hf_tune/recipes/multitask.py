@@ -317,6 +317,9 @@ class MultitaskRecipe(Recipe):
             if hasattr(sub, "use_metric_split"):
                 sub.use_metric_split(split)
 
+    def data_summary(self) -> dict[str, dict[str, int]]:
+        return {n: {k: len(v) for k, v in s.datasets.items() if hasattr(v, "__len__")} for n, s in self.subs.items()}
+
     def validation_predictions(self) -> dict[str, tuple[Any, Any, list[str], str]]:
         from hf_tune.recipes.base import scores_from_logits
 

@@ -255,6 +255,10 @@ class TokenClassificationRecipe(Recipe):
         self.use_metric_split("val")
         return metrics
 
+    def data_summary(self) -> dict[str, dict[str, int]]:
+        out = {f"{k} documents": len(v) for k, v in self.encoded.items()}
+        return {"": out | {f"{k} windows": len(v) for k, v in self.datasets.items()}}
+
     def score_kind(self) -> None:
         return None  # the report shows per-category span F1 from the metrics instead of curves
 

@@ -546,6 +546,13 @@ class MultitaskOptions:
     single process only."""
 
 
+def _reserved_by_torch(name: str) -> bool:
+    """Heads live in an nn.ModuleDict, whose keys cannot shadow Module attributes (half, train, type, ...)."""
+    import torch
+
+    return hasattr(torch.nn.ModuleDict, name)
+
+
 @dataclass
 class MultitaskConfig(BaseConfig):
     model: MultitaskModelConfig = field(default_factory=MultitaskModelConfig)
@@ -583,6 +590,10 @@ class MultitaskConfig(BaseConfig):
         for name, t in self.tasks.items():
             if not name.isidentifier():
                 errors.append(f"tasks.{name}: task names must be identifiers (letters, digits, _)")
+            elif _reserved_by_torch(name):
+                errors.append(
+                    f"tasks.{name}: {name!r} is a torch.nn.Module attribute; rename the task (e.g. {name}_task)"
+                )
             data = self.task_data(name, [])  # its key errors were reported by nested_errors()
             if data is not None:
                 errors += [f"tasks.{name}.{e}" for e in _validate_ratios(data.split_ratios)]

@@ -96,3 +96,36 @@ def test_multitask_bad_inputs(tiny_bert, contracts_jsonl, tmp_path, capsys):
     assert "tasks.extra.type: must be one of" in err
     assert main(["train", *_args(tiny_bert, contracts_jsonl, tmp_path / "r", "multitask.sampling=tempreature")]) == 2
     assert 'did you mean "temperature"' in capsys.readouterr().err
+    renamed = [
+        a.replace("tasks.clause_types.", "tasks.half.") for a in _args(tiny_bert, contracts_jsonl, tmp_path / "r")
+    ]
+    assert main(["train", *renamed, "tasks.half.type=text_classification"]) == 2
+    assert "'half' is a torch.nn.Module attribute" in capsys.readouterr().err
+
+
+def test_image_multitask_shares_a_timm_encoder(tiny_npz, tmp_path, capsys):
+    import numpy as np
+
+    flipped = tmp_path / "flipped.npz"
+    d = np.load(tiny_npz)
+    np.savez(flipped, **{k: (1 - v if k.endswith("labels") else v) for k, v in d.items()})
+    recipe = tmp_path / "img_mt.yaml"
+    recipe.write_text(
+        f"""task: multitask
+model: {{name: test_resnet, image_size: 32}}
+tasks:
+  position: {{type: image_classification, data: {{path: {tiny_npz}, labels: [top, bottom]}}}}
+  flipped: {{type: image_classification, data: {{path: {flipped}, augment: false}}}}
+multitask: {{sampling: uniform}}
+training: {{output_dir: {tmp_path / "run"}, max_steps: 4, per_device_train_batch_size: 8, save_strategy: "no",
+  report_to: none, disable_tqdm: true, logging_steps: 2}}
+"""
+    )
+    assert main(["train", f"recipe={recipe}"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"eval_position_accuracy", "eval_flipped_accuracy", "eval_position_roc_auc"} <= set(out)
+    model = tmp_path / "run" / "model"
+    assert {"confusion_position.png", "roc_pr_flipped.png"} <= {p.name for p in (model / "plots").glob("*.png")}
+    assert main(["predict", str(tmp_path / "run"), str(tiny_npz), "task=position", "data.split=val"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(rows) == 16 and {r["label"] for r in rows} <= {"top", "bottom"}

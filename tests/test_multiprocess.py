@@ -42,3 +42,35 @@ def test_two_process_cpu_ddp(tiny_image_args, tmp_path):
     assert (run / "model" / "model.safetensors").is_file()
     # 48 train images, 2 ranks x batch 4 = 8 per step: 4 steps see 32 samples
     assert state["train_batch_size"] == 4
+
+
+def test_two_process_multitask(tiny_bert, contracts_jsonl, tmp_path):
+    """The task sampler and dict labels go through accelerate's sharding and gathering unchanged."""
+    from .test_e2e_multitask import _args
+
+    cmd = [
+        python(),
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "accelerate_configs" / "cpu_ddp.yaml"),
+        "--main_process_port",
+        "29534",
+        str(REPO / "hf_tune" / "train.py"),
+        *_args(tiny_bert, contracts_jsonl, tmp_path / "run", "training.per_device_train_batch_size=4"),
+    ]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = dict(re.findall(r"\[hf_tune\] rank (\d) metrics (\{.*\})", r.stderr))
+    assert set(ranks) == {"0", "1"}
+    m0, m1 = json.loads(ranks["0"]), json.loads(ranks["1"])
+    for key in (
+        "eval_clauses_loss",
+        "eval_clauses_span_f1_micro",
+        "eval_clause_types_loss",
+        "eval_clause_types_f1_micro",
+    ):
+        assert m0[key] == pytest.approx(m1[key]), key
+    state = json.loads((tmp_path / "run" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and any("loss_clauses" in h for h in state["log_history"])

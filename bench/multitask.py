@@ -11,7 +11,7 @@ Prints one JSON line: each task's val metrics (headline metric, overlap F1 / ROC
 total parameters (one shared model vs two models) and total training time.
 
 Usage: python bench/multitask.py [--steps 300] [--max-train-docs 120] [--batch 16] [--bf16]
-                                 [--data PATH] [--model NAME] [--overrides k=v ...]
+                                 [--data PATH] [--model NAME] [--multi-only] [--overrides k=v ...]
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--max-train-docs", type=int, default=120)
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--multi-only", action="store_true", help="skip the single-task runs (compare variants)")
     p.add_argument("--overrides", nargs="*", default=[])
     args = p.parse_args()
     if not Path(args.data).is_file():
@@ -98,15 +99,18 @@ def main() -> None:
     mt = recipe.cfg.multitask
     sizes = recipe.datasets["train"].sizes
     probs = sampling_probabilities(mt.sampling, sizes, mt.temperature)
+    recipe_weights = {k: round(v, 4) for k, v in recipe.model.loss_weighting.effective_weights().items()}
     del recipe
     singles = {}
     for n, prob in zip(names, probs, strict=True):
+        if args.multi_only:
+            break
         singles[n], _ = run(args, [n], max(1, round(args.steps * float(prob))), tmp / f"single_{n}")
     delta = {
         f"{n}_{k}": round(multi[f"{n}_{k}"] - singles[n][f"{n}_{k}"], 4)
         for n in names
         for k in REPORT[n]
-        if f"{n}_{k}" in multi and f"{n}_{k}" in singles[n]
+        if n in singles and f"{n}_{k}" in multi and f"{n}_{k}" in singles[n]
     }
     print(
         json.dumps(
@@ -116,8 +120,10 @@ def main() -> None:
                 "sampling": mt.sampling,
                 "train_examples": dict(zip(names, sizes, strict=True)),
                 "sampling_share": {n: round(float(x), 4) for n, x in zip(names, probs, strict=True)},
+                "overrides": args.overrides,
                 "multi": multi,
                 "single": singles,
+                "weights_at_end": recipe_weights,
                 "single_total_params": sum(s["params"] for s in singles.values()),
                 "single_total_train_s": round(sum(s["train_s"] for s in singles.values()), 1),
                 "multi_minus_single": delta,

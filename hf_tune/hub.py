@@ -194,12 +194,11 @@ def render_model_card(cfg: BaseConfig, model_dir: Path, metrics: dict[str, Any],
         lines += [MEDICAL_NOTICE, ""]
     if cfg.description:
         lines += [cfg.description, ""]
-    lines += [
-        "## Model",
-        "",
-        f"- task: `{cfg.task}`",
-        f"- base model: `{cfg.model.name}`" + (f" ({base})" if base and base != cfg.model.name else ""),
-    ]
+    init = f" ({base})" if base and base != cfg.model.name else ""
+    timm_encoder = cfg.task == "image_classification" or (cfg.task == "multitask" and _is_image(cfg))
+    if timm_encoder and not cfg.model.pretrained and not Path(cfg.model.name).exists():
+        init = " (random initialization: no pretrained weights)"
+    lines += ["## Model", "", f"- task: `{cfg.task}`", f"- base model: `{cfg.model.name}`{init}"]
     for name, names in labels.items():
         shown = ", ".join(names[:50]) + (f", ... ({len(names)} in all)" if len(names) > 50 else "")
         lines.append(f"- labels{f' of `{name}`' if name else ''}: {shown}")

@@ -166,6 +166,21 @@ def _how_to_load(cfg: BaseConfig, repo: str) -> str:
     )
 
 
+def _headlines(cfg: BaseConfig, metrics: dict[str, Any]) -> list[str]:
+    """Multi-task: each task's headline metric (tasks.NAME.metric) first, then the full table."""
+    if cfg.task != "multitask":
+        return []
+    from hf_tune.recipes.multitask import HEADLINE_METRICS
+
+    out = []
+    for n, t in cfg.tasks.items():
+        name = t.metric or HEADLINE_METRICS[t.type]
+        value = metrics.get(f"eval_{n}_{name}")
+        if isinstance(value, (int, float)):
+            out.append(f"- `{n}` ({t.type}): {name} = {value:.4f}")
+    return [*out, ""] if out else []
+
+
 def repo_dir_hint(repo: str) -> str:
     return "MODEL_DIR" if "/" in repo else repo
 
@@ -205,7 +220,7 @@ def render_model_card(cfg: BaseConfig, model_dir: Path, metrics: dict[str, Any],
     lines += ["", "## Data", "", *_data_lines(cfg, model_dir), "", "## Training", "", *_settings(cfg), ""]
     lines += ["The full resolved recipe is in `resolved_config.yaml`; reproduce with", "", "```bash"]
     lines += [f"hf-tune train recipe={model_dir / 'resolved_config.yaml'}", "```", ""]
-    lines += ["## Evaluation", "", metrics_table(metrics)]
+    lines += ["## Evaluation", "", *_headlines(cfg, metrics), metrics_table(metrics)]
     plots = sorted((model_dir / PLOTS_DIR).glob("*.png")) if (model_dir / PLOTS_DIR).is_dir() else []
     if plots:
         lines += ["## Plots", ""]

@@ -186,7 +186,7 @@ class MultitaskRecipe(Recipe):
         tasks = {
             n: {
                 "head": head_type(sub),
-                "labels": list(sub.label_names) if head_type(sub) != "regression" else list(sub.label_names),
+                "labels": list(sub.label_names),
                 "loss_weight": self.cfg.tasks[n].loss_weight,
             }
             for n, sub in self.subs.items()
@@ -243,9 +243,6 @@ class MultitaskRecipe(Recipe):
 
     def _loss_fn(self):
         return None  # per-task losses live in the model (set_task_loss); the trainer records them
-
-    def train_labels(self):
-        raise ConfigError(["techniques.loss.class_weights: set class weights per task (tasks.NAME.loss)"])
 
     # ---------------------------------------------------------------- trainer pieces
     def _setup_trainer(self) -> None:
@@ -310,7 +307,22 @@ class MultitaskRecipe(Recipe):
                 self._use_split(split)
                 metrics.update(self.trainer.evaluate(self.datasets[split], metric_key_prefix=prefix))
         self._use_split("val")
+        self._log_headlines(metrics)
         return metrics
+
+    def _log_headlines(self, metrics: dict[str, float]) -> None:
+        """One line with each task's headline metric; a tasks.NAME.metric that no evaluation produced is named
+        with the metrics that exist (after training, so a warning rather than an error)."""
+        parts = []
+        for n in self.names:
+            key = f"eval_{n}_{self.headline(n)}"
+            if key in metrics:
+                parts.append(f"{n} {self.headline(n)}={metrics[key]:.4f}")
+            elif any(k.startswith(f"eval_{n}_") for k in metrics):
+                known = sorted(k.removeprefix(f"eval_{n}_") for k in metrics if k.startswith(f"eval_{n}_"))
+                log(f"warning: tasks.{n}.metric={self.headline(n)} was not computed; available: {', '.join(known)}")
+        if parts:
+            log("headline: " + "; ".join(parts))
 
     def _use_split(self, split: str) -> None:
         for sub in self.subs.values():

@@ -31,5 +31,7 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     assert "did you mean" in outputs and "README.md" in outputs
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # curves, confusion matrix, ROC/PR shown inline
+    html = "".join(str(o.get("data", {}).get("text/html", "")) for c in nb.cells for o in c.get("outputs", []))
+    assert "<progress" in html  # Trainer's notebook progress bar rendered in the kernel
     assert (tmp_path / "quickstart" / "model" / "model.safetensors").is_file()
     assert os.environ["HF_TUNE_NOTEBOOK_STEPS"] == "6"

@@ -218,8 +218,8 @@ def render_model_card(cfg: BaseConfig, model_dir: Path, metrics: dict[str, Any],
         shown = ", ".join(names[:50]) + (f", ... ({len(names)} in all)" if len(names) > 50 else "")
         lines.append(f"- labels{f' of `{name}`' if name else ''}: {shown}")
     lines += ["", "## Data", "", *_data_lines(cfg, model_dir), "", "## Training", "", *_settings(cfg), ""]
-    lines += ["The full resolved recipe is in `resolved_config.yaml`; reproduce with", "", "```bash"]
-    lines += [f"hf-tune train recipe={model_dir / 'resolved_config.yaml'}", "```", ""]
+    lines += ["The full resolved recipe is in `resolved_config.yaml`; from a copy of this folder, reproduce with", ""]
+    lines += ["```bash", "hf-tune train recipe=resolved_config.yaml training.output_dir=runs/reproduced", "```", ""]
     lines += ["## Evaluation", "", *_headlines(cfg, metrics), metrics_table(metrics)]
     plots = sorted((model_dir / PLOTS_DIR).glob("*.png")) if (model_dir / PLOTS_DIR).is_dir() else []
     if plots:

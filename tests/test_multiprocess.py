@@ -12,9 +12,8 @@ from .conftest import REPO, python
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 
-def test_two_process_cpu_ddp(tiny_image_args, tmp_path):
-    args = [a for a in tiny_image_args if not a.startswith("training.eval_strategy")]
-    args += ["training.eval_strategy=steps", "training.eval_steps=2", "training.per_device_train_batch_size=4"]
+def _launch(args: list[str], cwd, port: int) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with cpu_ddp.yaml; asserts it succeeded."""
     cmd = [
         python(),
         "-m",
@@ -22,14 +21,21 @@ def test_two_process_cpu_ddp(tiny_image_args, tmp_path):
         "--config_file",
         str(REPO / "accelerate_configs" / "cpu_ddp.yaml"),
         "--main_process_port",
-        "29533",
+        str(port),
         str(REPO / "hf_tune" / "train.py"),
         *args,
     ]
-    # CPU DDP is what this checks; on a GPU machine hide the GPUs so both ranks take the gloo/CPU path
+    # CPU DDP is what these check; on a GPU machine hide the GPUs so both ranks take the gloo/CPU path
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_two_process_cpu_ddp(tiny_image_args, tmp_path):
+    args = [a for a in tiny_image_args if not a.startswith("training.eval_strategy")]
+    args += ["training.eval_strategy=steps", "training.eval_steps=2", "training.per_device_train_batch_size=4"]
+    r = _launch(args, tmp_path, 29533)
     ranks = dict(re.findall(r"\[hf_tune\] rank (\d) metrics (\{.*\})", r.stderr))
     assert set(ranks) == {"0", "1"}, "both ranks must finish training"
     m0, m1 = json.loads(ranks["0"]), json.loads(ranks["1"])
@@ -48,20 +54,9 @@ def test_two_process_multitask(tiny_bert, contracts_jsonl, tmp_path):
     """The task sampler and dict labels go through accelerate's sharding and gathering unchanged."""
     from .test_e2e_multitask import _args
 
-    cmd = [
-        python(),
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO / "accelerate_configs" / "cpu_ddp.yaml"),
-        "--main_process_port",
-        "29534",
-        str(REPO / "hf_tune" / "train.py"),
-        *_args(tiny_bert, contracts_jsonl, tmp_path / "run", "training.per_device_train_batch_size=4"),
-    ]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = _launch(
+        _args(tiny_bert, contracts_jsonl, tmp_path / "run", "training.per_device_train_batch_size=4"), tmp_path, 29534
+    )
     ranks = dict(re.findall(r"\[hf_tune\] rank (\d) metrics (\{.*\})", r.stderr))
     assert set(ranks) == {"0", "1"}
     m0, m1 = json.loads(ranks["0"]), json.loads(ranks["1"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hf_tune.config import RESOLVED_CONFIG_NAME, BaseConfig, load_config, load_run_config
+from hf_tune.config import BaseConfig, find_model_dir, load_config, load_run_config
 
 
 class Run:
@@ -33,13 +33,12 @@ class Run:
     @classmethod
     def from_recipe(cls, name: str, **overrides: Any) -> Run:
         """Keyword overrides use double underscores for dots: ``training__learning_rate=1e-3``."""
-        args = [f"recipe={name}"] + [f"{k.replace('__', '.')}={_yaml_value(v)}" for k, v in overrides.items()]
-        return cls(load_config(args))
+        return cls(load_config([f"recipe={name}", *_overrides(overrides)]))
 
     @classmethod
     def load(cls, run_dir: str | Path) -> Run:
         """A finished run (its folder or its model/ folder), ready for evaluate/predict/show/push."""
-        model_dir = _model_dir(Path(run_dir))
+        model_dir = find_model_dir(run_dir)
         run = cls(load_run_config(model_dir))
         run.model_dir = model_dir
         metrics = model_dir / "metrics.json"
@@ -122,13 +121,6 @@ class Run:
         from hf_tune.hub import push_model
 
         return push_model(self._require_model(), repo_id, private=private, token=token)
-
-
-def _model_dir(p: Path) -> Path:
-    for d in (p / "model", p):
-        if (d / RESOLVED_CONFIG_NAME).is_file():
-            return d
-    raise FileNotFoundError(f"{p}: no {RESOLVED_CONFIG_NAME} here or in {p / 'model'}")
 
 
 def _overrides(kw: dict[str, Any]) -> list[str]:

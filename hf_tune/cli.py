@@ -26,6 +26,7 @@ from hf_tune.config import (
     RESOLVED_CONFIG_NAME,
     ConfigError,
     available_recipes,
+    find_model_dir,
     load_config,
     load_recipe_yaml,
     load_run_config,
@@ -105,17 +106,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_dir(run_or_model: str) -> Path:
-    p = Path(run_or_model)
-    for d in (p / "model", p):
-        if (d / RESOLVED_CONFIG_NAME).is_file():
-            return d
-    raise FileNotFoundError(
-        f"{run_or_model}: no {RESOLVED_CONFIG_NAME} here or in {p / 'model'}; "
-        f"pass a run folder (training.output_dir) or its model/ folder"
-    )
-
-
 def _split_extra(overrides: list[str], extra: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
     """Separate command options (``output=F``) from config overrides (``data.path=F``)."""
     opts, rest = {}, []
@@ -128,19 +118,15 @@ def _split_extra(overrides: list[str], extra: tuple[str, ...]) -> tuple[dict[str
     return opts, rest
 
 
-def _load_saved(model_dir: Path, overrides: list[str], task: str | None):
-    return load_run_config(model_dir, overrides, task)
-
-
 def _task_kwargs(opts: dict[str, str]) -> dict[str, str]:
     return {"task": opts["task"]} if "task" in opts else {}
 
 
 @COMMANDS.register("evaluate")
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    model_dir = _model_dir(args.run_dir)
+    model_dir = find_model_dir(args.run_dir)
     opts, overrides = _split_extra(args.overrides, ("output", "task"))
-    cfg = _load_saved(model_dir, overrides, opts.get("task"))
+    cfg = load_run_config(model_dir, overrides, opts.get("task"))
     metrics = _recipe_for(cfg).evaluate_saved(model_dir, **_task_kwargs(opts))
     line = json.dumps(_scalar(metrics))
     out = Path(opts.get("output") or model_dir / f"eval_{metrics['split']}.json")
@@ -151,9 +137,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 @COMMANDS.register("predict")
 def cmd_predict(args: argparse.Namespace) -> int:
-    model_dir = _model_dir(args.model_dir)
+    model_dir = find_model_dir(args.model_dir)
     opts, overrides = _split_extra(args.overrides, ("output", "batch_size", "task"))
-    cfg = _load_saved(model_dir, overrides, opts.get("task"))
+    cfg = load_run_config(model_dir, overrides, opts.get("task"))
     if not Path(args.input).exists():
         raise FileNotFoundError(f"{args.input}: input file or folder not found")
     rows = _recipe_for(cfg).predict(
@@ -174,7 +160,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from hf_tune.hub import write_model_card
     from hf_tune.report import write_report
 
-    model_dir = _model_dir(args.run_dir)
+    model_dir = find_model_dir(args.run_dir)
     cfg = load_saved_config(model_dir / RESOLVED_CONFIG_NAME)
     report = write_report(model_dir, title=cfg.recipe or cfg.task)
     metrics_file = model_dir / "metrics.json"
@@ -188,7 +174,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from hf_tune.hub import push_model
 
-    model_dir = _model_dir(args.run_dir)
+    model_dir = find_model_dir(args.run_dir)
     url = push_model(model_dir, args.repo_id, private=not args.public)  # token: HF_TOKEN or the cached login
     print(json.dumps({"repo_id": args.repo_id, "url": url, "private": not args.public}))
     return 0

@@ -28,6 +28,7 @@ from hf_tune.registry import Registry, did_you_mean
 
 RECIPES_DIR_ENV = "HF_TUNE_RECIPES"
 RESOLVED_CONFIG_NAME = "resolved_config.yaml"
+FINAL_MODEL_DIR = "model"
 
 
 class ConfigError(ValueError):
@@ -575,7 +576,9 @@ class MultitaskConfig(BaseConfig):
         errors: list[str] = []
         for name, t in (self.tasks or {}).items():
             if isinstance(t, TaskConfig) and t.type in TASK_DATA_SCHEMAS:
-                self.task_data(name, errors)
+                data = self.task_data(name, errors)
+                if data is not None:
+                    errors += [f"tasks.{name}.{e}" for e in _validate_ratios(data.split_ratios)]
         return errors
 
     def validate(self) -> list[str]:
@@ -594,9 +597,6 @@ class MultitaskConfig(BaseConfig):
                 errors.append(
                     f"tasks.{name}: {name!r} is a torch.nn.Module attribute; rename the task (e.g. {name}_task)"
                 )
-            data = self.task_data(name, [])  # its key errors were reported by nested_errors()
-            if data is not None:
-                errors += [f"tasks.{name}.{e}" for e in _validate_ratios(data.split_ratios)]
             if t.loss_weight < 0:
                 errors.append(f"tasks.{name}.loss_weight must be >= 0")
             if t.loss.name not in ("cross_entropy", "focal"):
@@ -919,6 +919,18 @@ def load_saved_config(path: Path, overrides: list[str] = ()) -> BaseConfig:
 
 
 SECRET_TRAINING_KEYS = ("hub_token",)
+
+
+def find_model_dir(run_or_model: str | Path) -> Path:
+    """A run folder (training.output_dir) or its model/ folder -> the folder holding the saved model."""
+    p = Path(run_or_model)
+    for d in (p / FINAL_MODEL_DIR, p):
+        if (d / RESOLVED_CONFIG_NAME).is_file():
+            return d
+    raise FileNotFoundError(
+        f"{run_or_model}: no {RESOLVED_CONFIG_NAME} here or in {p / FINAL_MODEL_DIR}; "
+        f"pass a run folder (training.output_dir) or its model/ folder"
+    )
 
 
 def load_run_config(model_dir: Path, overrides: list[str] = (), task: str | None = None) -> BaseConfig:

@@ -150,7 +150,7 @@ def _how_to_load(cfg: BaseConfig, repo: str) -> str:
             f'out = model(**tokenizer(["..."], return_tensors="pt"), task="{task}")\n'
             f'out.logits["{task}"]\n'
             "```\n\n"
-            f"or `hf-tune predict {repo_dir_hint(repo)} INPUT task={task}`.\n"
+            f"or `hf-tune predict MODEL_DIR INPUT task={task}`.\n"
         )
     tag = PIPELINE_TAGS[cfg.task]
     extra = ', aggregation_strategy="first"' if cfg.task == "token_classification" else ""
@@ -160,7 +160,7 @@ def _how_to_load(cfg: BaseConfig, repo: str) -> str:
         f'clf = pipeline("{tag}", model="{repo}"{extra})\n'
         f"clf({EXAMPLE_INPUT[cfg.task]})\n"
         "```\n\n"
-        f"or `hf-tune predict {repo_dir_hint(repo)} INPUT` for hf_tune's own JSONL output"
+        f"or `hf-tune predict MODEL_DIR INPUT` for hf_tune's own JSONL output"
         + (" (long documents are windowed and stitched)" if cfg.task == "token_classification" else "")
         + ".\n"
     )
@@ -179,10 +179,6 @@ def _headlines(cfg: BaseConfig, metrics: dict[str, Any]) -> list[str]:
         if isinstance(value, (int, float)):
             out.append(f"- `{n}` ({t.type}): {name} = {value:.4f}")
     return [*out, ""] if out else []
-
-
-def repo_dir_hint(repo: str) -> str:
-    return "MODEL_DIR" if "/" in repo else repo
 
 
 def render_model_card(cfg: BaseConfig, model_dir: Path, metrics: dict[str, Any], repo_id: str | None = None) -> str:

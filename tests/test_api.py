@@ -6,8 +6,8 @@ import hf_tune
 pytestmark = pytest.mark.slow
 
 
-def test_python_api_runs_a_recipe(tiny_npz, tmp_path):
-    run = hf_tune.Run.from_recipe(
+def _tiny_run(tiny_npz, tmp_path, **extra) -> hf_tune.Run:
+    return hf_tune.Run.from_recipe(
         "quickstart",
         data__path=str(tiny_npz),
         data__format="auto",
@@ -18,7 +18,12 @@ def test_python_api_runs_a_recipe(tiny_npz, tmp_path):
         training__eval_strategy="no",
         training__save_strategy="no",
         training__disable_tqdm=True,
+        **extra,
     )
+
+
+def test_python_api_runs_a_recipe(tiny_npz, tmp_path):
+    run = _tiny_run(tiny_npz, tmp_path)
     metrics = run.fit()
     assert "eval_accuracy" in metrics and run.model_dir == tmp_path / "run" / "model"
     assert (run.model_dir / "model.safetensors").is_file()
@@ -32,19 +37,7 @@ def test_run_load_evaluate_predict_show_push(tiny_npz, tmp_path, monkeypatch):
 
     from .test_hub_report import FakeHub
 
-    run = hf_tune.Run.from_recipe(
-        "quickstart",
-        data__path=str(tiny_npz),
-        data__format="auto",
-        model__name="test_resnet",
-        model__image_size=32,
-        training__output_dir=str(tmp_path / "run"),
-        training__max_steps=2,
-        training__logging_steps=1,
-        training__eval_strategy="no",
-        training__save_strategy="no",
-        training__disable_tqdm=True,
-    )
+    run = _tiny_run(tiny_npz, tmp_path, training__logging_steps=1)
     with pytest.raises(RuntimeError, match="fit"):
         run.predict(tmp_path)
     run.fit()

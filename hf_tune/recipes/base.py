@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hf_tune.config import BaseConfig, ConfigError, save_config
+from hf_tune.config import FINAL_MODEL_DIR, BaseConfig, ConfigError, save_config
 from hf_tune.registry import Registry
 
-FINAL_MODEL_DIR = "model"
 METRICS_FILE = "metrics.json"
 
 RECIPES: Registry[type[Recipe]] = Registry("recipe kind (task)")
@@ -169,8 +168,13 @@ class Recipe:
         metrics: dict[str, float] = {}
         for split, prefix in (("val", "eval"), ("test", "test")):
             if split in self.datasets:
+                self.use_metric_split(split)
                 metrics.update(self.trainer.evaluate(self.datasets[split], metric_key_prefix=prefix))
+        self.use_metric_split("val")  # Trainer's own evaluations during training run on val
         return metrics
+
+    def use_metric_split(self, split: str) -> None:
+        """Hook for recipes whose metrics need the split's raw examples (tagging: the documents)."""
 
     def save(self, metrics: dict[str, Any]) -> Path:
         """Final model + resolved config + metrics + report and model card in ``output_dir/model``.

@@ -208,10 +208,8 @@ class MultitaskRecipe(Recipe):
             self.model.set_task_loss(n, sub._loss_fn())
         self._task_datasets()
         total = sum(p.numel() for p in self.model.parameters())
-        log(
-            f"MultiHeadModel: {kind} encoder {m.name}, heads {tasks and {n: t['head'] for n, t in tasks.items()}}, "
-            f"{total:,} parameters"
-        )
+        heads = {n: t["head"] for n, t in tasks.items()}
+        log(f"MultiHeadModel: {kind} encoder {m.name}, heads {heads}, {total:,} parameters")
 
     def _build_encoder(self) -> tuple[str, nn.Module, dict[str, Any]]:
         from transformers import AutoModel
@@ -301,12 +299,7 @@ class MultitaskRecipe(Recipe):
         return out
 
     def evaluate(self) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        for split, prefix in (("val", "eval"), ("test", "test")):
-            if split in self.datasets:
-                self._use_split(split)
-                metrics.update(self.trainer.evaluate(self.datasets[split], metric_key_prefix=prefix))
-        self._use_split("val")
+        metrics = super().evaluate()
         self._log_headlines(metrics)
         return metrics
 
@@ -324,10 +317,9 @@ class MultitaskRecipe(Recipe):
         if parts:
             log("headline: " + "; ".join(parts))
 
-    def _use_split(self, split: str) -> None:
+    def use_metric_split(self, split: str) -> None:
         for sub in self.subs.values():
-            if hasattr(sub, "use_metric_split"):
-                sub.use_metric_split(split)
+            sub.use_metric_split(split)
 
     def data_summary(self) -> dict[str, dict[str, int]]:
         return {n: {k: len(v) for k, v in s.datasets.items() if hasattr(v, "__len__")} for n, s in self.subs.items()}

@@ -246,15 +246,6 @@ class TokenClassificationRecipe(Recipe):
         self._metric_docs = self.encoded.get("val", [])
         return self._reduce_logits
 
-    def evaluate(self) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        for split, prefix in (("val", "eval"), ("test", "test")):
-            if split in self.datasets:
-                self.use_metric_split(split)
-                metrics.update(self.trainer.evaluate(self.datasets[split], metric_key_prefix=prefix))
-        self.use_metric_split("val")
-        return metrics
-
     def data_summary(self) -> dict[str, dict[str, int]]:
         out = {f"{k} documents": len(v) for k, v in self.encoded.items()}
         return {"": out | {f"{k} windows": len(v) for k, v in self.datasets.items()}}

@@ -22,14 +22,14 @@ __all__ = ["ConfigError", "DataError", "MultiHeadModel", "Run", "list_recipes", 
 
 def __getattr__(name: str) -> Any:
     # Lazy imports keep `import hf_tune` light (no torch/transformers until something is used).
-    if name in ("load_config", "ConfigError"):
-        from hf_tune import config
+    if name == "load_config":
+        from hf_tune.config import load_config
 
-        return getattr(config, name)
-    if name == "DataError":
-        from hf_tune.data.images import DataError
+        return load_config
+    if name in ("ConfigError", "DataError"):
+        from hf_tune import errors
 
-        return DataError
+        return getattr(errors, name)
     if name == "Run":
         from hf_tune.api import Run
 

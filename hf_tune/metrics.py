@@ -16,6 +16,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracy, macro precision/recall/F1 and ROC-AUC (binary, or one-vs-rest macro for k > 2).
 
@@ -53,7 +57,7 @@ def multilabel_metrics(logits: np.ndarray, labels: np.ndarray, threshold: float 
     classes that have both positive and negative examples."""
     from sklearn.metrics import f1_score
 
-    probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    probs = sigmoid(logits)
     y = np.asarray(labels).astype(int)
     pred = (probs >= threshold).astype(int)
     out = {

@@ -22,12 +22,10 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from hf_tune.losses import IGNORE_INDEX, masked_bce
+from hf_tune.heads import HEADS
 from hf_tune.multitask import TaskLossWeighting
 from hf_tune.registry import Registry
 
-HEAD_TYPES = ("sequence", "sequence_multilabel", "token", "token_multilabel", "regression")
-TOKEN_HEADS = ("token", "token_multilabel")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -38,7 +36,7 @@ class MultiHeadConfig(PretrainedConfig):
         encoder: the encoder's own config as a dict (text: a transformers config with ``model_type``;
             image: ``{"architecture", "model_args", "num_features", "pretrained_cfg"}`` for timm).
         encoder_kind: ``text`` or ``image``.
-        tasks: ``{name: {"head": one of HEAD_TYPES, "labels": [...], "loss_weight": float}}``.
+        tasks: ``{name: {"head": a name in hf_tune.heads.HEADS, "labels": [...], "loss_weight": float}}``.
         head_dropout: dropout before every head.
         pooling: how sequence heads read a text encoder: ``mean`` over non-padding tokens or ``cls``.
         loss_weighting: ``fixed``, ``uncertainty`` or ``dwa`` (see hf_tune.multitask.WEIGHTINGS).
@@ -123,21 +121,6 @@ ENCODERS.add("text", {"build": _build_text, "run": _run_text})
 ENCODERS.add("image", {"build": _build_image, "run": _run_image})
 
 
-def standard_task_loss(head: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The default loss of each head type; training may replace it per task (focal, class weights)."""
-    if head in ("sequence", "token"):
-        return nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).long(), ignore_index=IGNORE_INDEX
-        )
-    if head == "sequence_multilabel":
-        return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
-    if head == "token_multilabel":
-        return masked_bce(logits, labels)
-    if head == "regression":
-        return nn.functional.mse_loss(logits.float().reshape(labels.shape), labels.float())
-    raise ValueError(f"unknown head type {head!r}; known: {HEAD_TYPES}")
-
-
 class MultiHeadModel(PreTrainedModel):
     config_class = MultiHeadConfig
     base_model_prefix = "encoder"
@@ -180,11 +163,11 @@ class MultiHeadModel(PreTrainedModel):
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
+    def head(self, task: str):
+        return HEADS.get(self.config.tasks[task]["head"])
+
     def num_outputs(self, task: str) -> int:
-        spec = self.config.tasks[task]
-        if spec["head"] == "regression":
-            return max(1, len(spec.get("labels") or []))
-        return len(spec["labels"])
+        return self.head(task).num_outputs(self.config.tasks[task].get("labels") or [])
 
     def set_task_loss(self, task: str, fn: LossFn | None) -> None:
         """Replace a task's standard loss for training (e.g. focal loss, class weights)."""
@@ -233,7 +216,7 @@ class MultiHeadModel(PreTrainedModel):
             rows = (task_ids == k).nonzero(as_tuple=True)[0]
             if rows.numel() == 0:
                 continue
-            features = hidden[rows] if self.config.tasks[name]["head"] in TOKEN_HEADS else pooled[rows]
+            features = hidden[rows] if self.head(name).token_level else pooled[rows]
             logits[name] = self.heads[name](features)
         loss = task_losses = terms = None
         if labels is not None:
@@ -247,7 +230,7 @@ class MultiHeadModel(PreTrainedModel):
         fn = self._loss_overrides.get(task)
         if fn is not None:
             return fn(logits, labels)
-        return standard_task_loss(self.config.tasks[task]["head"], logits, labels)
+        return self.head(task).loss(logits, labels)
 
 
 AutoConfig.register(MultiHeadConfig.model_type, MultiHeadConfig)

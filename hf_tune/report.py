@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from hf_tune.heads import HEADS
+from hf_tune.registry import Registry
+
 LOG_HISTORY = "log_history.json"
 PLOTS_DIR = "plots"
 REPORT = "report.md"
@@ -169,12 +172,26 @@ def plot_regression(labels: np.ndarray, preds: np.ndarray, path: Path) -> Path:
 
 
 def save_predictions(model_dir: Path, name: str, scores, labels, names: Sequence[str], kind: str) -> Path:
-    """Validation scores (probabilities, or values for regression) and labels for the report's curves."""
+    """Validation scores (probabilities, or values for regression) and labels for the report's curves;
+    ``kind`` is the output head's name (hf_tune.heads), which decides the plots."""
     path = model_dir / f"predictions_{name}.npz"
     np.savez_compressed(
         path, scores=np.asarray(scores), labels=np.asarray(labels), names=np.asarray(list(names)), kind=kind
     )
     return path
+
+
+ScorePlot = tuple[str, Any]  # (caption, fn(labels, scores, names, path, head name) -> path)
+SCORE_PLOTS: Registry[ScorePlot] = Registry("score plot")
+SCORE_PLOTS.add("confusion", ("Confusion matrix", lambda y, s, names, path, head: plot_confusion(y, s, names, path)))
+SCORE_PLOTS.add(
+    "roc_pr",
+    (
+        "ROC and precision-recall curves",
+        lambda y, s, names, path, head: plot_roc_pr(y, s, names, path, multilabel=np.ndim(y) == 2),
+    ),
+)
+SCORE_PLOTS.add("regression", ("Predictions vs targets", lambda y, s, names, path, head: plot_regression(y, s, path)))
 
 
 def plots_for(model_dir: Path) -> list[tuple[str, Path]]:
@@ -195,21 +212,9 @@ def plots_for(model_dir: Path) -> list[tuple[str, Path]]:
         d = np.load(f, allow_pickle=False)
         scores, labels, names, kind = d["scores"], d["labels"], [str(n) for n in d["names"]], str(d["kind"])
         label = "" if name == "val" else f" ({name})"
-        if kind == "regression":
-            made.append(
-                (f"Predictions vs targets{label}", plot_regression(labels, scores, out_dir / f"regression_{name}.png"))
-            )
-            continue
-        if kind == "single":
-            made.append(
-                (f"Confusion matrix{label}", plot_confusion(labels, scores, names, out_dir / f"confusion_{name}.png"))
-            )
-        made.append(
-            (
-                f"ROC and precision-recall curves{label}",
-                plot_roc_pr(labels, scores, names, out_dir / f"roc_pr_{name}.png", kind == "multilabel"),
-            )
-        )
+        for plot in HEADS.get(kind).plots:
+            caption, fn = SCORE_PLOTS.get(plot)
+            made.append((caption + label, fn(labels, scores, names, out_dir / f"{plot}_{name}.png", kind)))
     metrics_file = model_dir / "metrics.json"
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())

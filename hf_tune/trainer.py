@@ -4,16 +4,17 @@
   frozen parameters included for later unfreezing) with the optimizer class Trainer picks for ``optim``;
   a pre-built optimizer would be refused under FSDP, this hook is not.
 - ``create_scheduler``: hf_tune's extra schedules (step, multistep, exponential, cosine restarts).
-- ``compute_loss``: applies a configured classification loss (focal, class weights, label smoothing)
-  to the model's logits, because Trainer only offers the model's own loss or label smoothing.
+- ``compute_loss``: the one loss extension point. A :class:`TrainingLoss` gets everything a loss may need
+  (:class:`LossInputs`: logits, labels, the model outputs, the inputs, the model) and ``penalties`` add terms
+  (regularisers such as a pull toward earlier weights), because Trainer only offers the model's own loss or
+  label smoothing.
 - ``evaluate``: runs on the EMA weights when an EmaCallback is attached with evaluate_with_ema, because
   no callback fires before evaluation starts.
-- ``log``: adds the gradient monitor's metrics (per-block norms, skipped steps) and the per-task losses of
-  a multi-task model to Trainer's logs so they reach log_history and every reporting integration.
+- ``log``: adds the logs of ``log_sources`` (the gradient monitor's per-block norms and skipped steps, a
+  multi-task loss's per-task losses and weights) to Trainer's logs so they reach log_history and every
+  reporting integration.
 - ``_get_train_sampler``: a multi-task run's task sampler (proportional, temperature, uniform, round-robin)
   replaces the random sampler; Trainer and accelerate still build, shard and resume the DataLoader.
-- ``compute_loss`` (multi-task): records per-task losses and, with PCGrad, returns a loss whose gradient on
-  the shared encoder is the projected one.
 Everything else (EMA updates, clipping, freezing schedules, saved config) is a TrainerCallback.
 """
 
@@ -21,9 +22,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import Trainer
 
@@ -31,11 +32,55 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 GroupFn = Callable[[torch.nn.Module], list[dict[str, Any]]]
 
 
+@dataclass
+class LossInputs:
+    """What a training loss or penalty may read for one micro-batch."""
+
+    logits: Any
+    labels: Any
+    outputs: Any
+    inputs: dict[str, Any]
+    model: torch.nn.Module
+
+
+class TrainingLoss:
+    """A loss for :class:`HfTuneTrainer`. ``labels_to_model``: the model receives the labels and computes
+    (part of) the loss itself (multi-task models do, per task); otherwise labels are kept from the model."""
+
+    labels_to_model: bool = False
+
+    def __call__(self, batch: LossInputs) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LogitsLoss(TrainingLoss):
+    """``fn(logits, labels)``: a classification loss such as focal loss or weighted cross-entropy."""
+
+    def __init__(self, fn: LossFn) -> None:
+        self.fn = fn
+
+    def __call__(self, batch: LossInputs) -> torch.Tensor:
+        return self.fn(batch.logits, batch.labels)
+
+
+class ModelLoss(TrainingLoss):
+    """The model's own loss (used when only penalties are added)."""
+
+    labels_to_model = True
+
+    def __call__(self, batch: LossInputs) -> torch.Tensor:
+        return batch.outputs.loss
+
+
+Penalty = Callable[[LossInputs], torch.Tensor]
+
+
 class HfTuneTrainer(Trainer):
     def __init__(
         self,
         *args,
-        loss_fn: LossFn | None = None,
+        loss: TrainingLoss | None = None,
+        penalties: list[Penalty] | None = None,
         ema=None,
         evaluate_with_ema: bool = False,
         param_groups_fn: GroupFn | None = None,
@@ -44,22 +89,21 @@ class HfTuneTrainer(Trainer):
         schedule: tuple[str, dict[str, Any]] | None = None,
         grad_monitor=None,
         train_sampler=None,
-        task_meter=None,
-        pcgrad: bool = False,
+        log_sources: list[Any] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.loss_fn = loss_fn
-        if loss_fn is not None:
+        self.penalties = list(penalties or [])
+        self.training_loss = loss if loss is not None or not self.penalties else ModelLoss()
+        if isinstance(self.training_loss, LogitsLoss):
             # Our loss is a per-micro-batch mean: have Trainer divide it by the accumulation steps
             # (it skips that for models that accept loss kwargs, e.g. BERT, assuming they normalise).
             self.model_accepts_loss_kwargs = False
         self.ema, self.evaluate_with_ema = ema, evaluate_with_ema
         self.param_groups_fn, self.optimizer_kwargs, self.schedule = param_groups_fn, optimizer_kwargs or {}, schedule
         self.optimizer_cls = optimizer_cls
-        self.grad_monitor = grad_monitor
-        self.train_sampler, self.task_meter, self.pcgrad = train_sampler, task_meter, pcgrad
-        self._pcgrad_rng = np.random.default_rng(int(self.args.seed))
+        self.train_sampler = train_sampler
+        self.log_sources = [s for s in (grad_monitor, *(log_sources or [])) if s is not None]
         for cb in (ema, grad_monitor):
             if cb is not None:
                 self.add_callback(cb)
@@ -98,34 +142,21 @@ class HfTuneTrainer(Trainer):
         return super()._get_train_sampler(train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.task_meter is not None and "labels" in inputs:
-            return self._multitask_loss(model, inputs, return_outputs)
-        if self.loss_fn is None or "labels" not in inputs:
+        if self.training_loss is None or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        labels = inputs.pop("labels")
+        labels = inputs["labels"] if self.training_loss.labels_to_model else inputs.pop("labels")
         outputs = model(**inputs)
-        loss = self.loss_fn(outputs.logits, labels)
+        batch = LossInputs(outputs.logits, labels, outputs, inputs, model)
+        loss = self.training_loss(batch)
+        for penalty in self.penalties:
+            loss = loss + penalty(batch)
         outputs.loss = loss
         return (loss, outputs) if return_outputs else loss
 
-    def _multitask_loss(self, model, inputs, return_outputs):
-        from hf_tune.multitask import pcgrad_surrogate
-
-        outputs = model(**inputs)
-        loss = outputs.loss
-        if model.training:
-            self.task_meter.add(outputs.task_losses)
-            if self.pcgrad:
-                shared = [p for p in self.accelerator.unwrap_model(model).encoder.parameters() if p.requires_grad]
-                loss = pcgrad_surrogate(list(outputs.task_terms.values()), shared, self._pcgrad_rng)
-        return (loss, outputs) if return_outputs else loss
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.grad_monitor is not None and "loss" in logs:
-            logs = {**logs, **self.grad_monitor.take_logs()}
-        if self.task_meter is not None and "loss" in logs:
-            weights = self.accelerator.unwrap_model(self.model).loss_weighting.effective_weights()
-            logs = {**logs, **self.task_meter.take_logs(), **{f"weight_{n}": round(w, 5) for n, w in weights.items()}}
+        if "loss" in logs:
+            for source in self.log_sources:
+                logs = {**logs, **source.take_logs()}
         super().log(logs, start_time)
 
     def evaluate(self, *args, **kwargs):

@@ -8,12 +8,13 @@ from hf_tune.data.images import (
     IMAGE_SOURCES,
     DataError,
     ImageSplit,
-    carve_splits,
     check_labels,
     detect_format,
     load_image_source,
     stratified_indices,
+    take_stratified,
 )
+from hf_tune.data.splits import carve
 
 from .conftest import make_images
 
@@ -28,7 +29,7 @@ def test_stratified_indices_keep_class_shares_and_are_seeded():
 
 def test_carve_811_from_train_only():
     labels = np.array([0] * 500 + [1] * 500)
-    out = carve_splits({"train": ImageSplit(np.zeros((1000, 2, 2)), labels)}, [0.8, 0.1, 0.1], seed=0)
+    out = carve({"train": ImageSplit(np.zeros((1000, 2, 2)), labels)}, [0.8, 0.1, 0.1], 0, "auto", take_stratified)
     assert {k: len(v) for k, v in out.items()} == {"train": 800, "val": 100, "test": 100}
     assert (out["val"].labels == 1).sum() == 50
 
@@ -38,7 +39,7 @@ def test_carve_keeps_existing_val_and_respects_zero_test():
         "train": ImageSplit(np.zeros((90, 2, 2)), np.arange(90) % 2),
         "val": ImageSplit(np.zeros((10, 2, 2)), np.arange(10) % 2),
     }
-    out = carve_splits(splits, [0.9, 0.1, 0.0], seed=0)
+    out = carve(splits, [0.9, 0.1, 0.0], 0, "auto", take_stratified)
     assert set(out) == {"train", "val"} and len(out["train"]) == 90
 
 

@@ -93,7 +93,7 @@ def test_multitask_bad_inputs(tiny_bert, contracts_jsonl, tmp_path, capsys):
     assert main(["train", *bad]) == 2
     err = capsys.readouterr().err
     assert 'tasks.clauses.data.windw: unknown key (did you mean "window"?)' in err
-    assert "tasks.extra.type: must be one of" in err
+    assert "tasks.extra.type: 'audio' cannot be a task; known: image_classification" in err
     assert main(["train", *_args(tiny_bert, contracts_jsonl, tmp_path / "r", "multitask.sampling=tempreature")]) == 2
     assert 'did you mean "temperature"' in capsys.readouterr().err
     renamed = [

@@ -7,10 +7,10 @@ from transformers import AutoModel, BertConfig, BertModel
 from hf_tune.multihead import MultiHeadModel
 
 TASKS = {
-    "tag": {"head": "token", "labels": ["O", "B-x", "I-x"]},
-    "cls": {"head": "sequence", "labels": ["a", "b"]},
-    "ml": {"head": "sequence_multilabel", "labels": ["p", "q", "r"]},
-    "tagml": {"head": "token_multilabel", "labels": ["B-x", "I-x"]},
+    "tag": {"head": "bio_tagging", "labels": ["O", "B-x", "I-x"]},
+    "cls": {"head": "single_label", "labels": ["a", "b"]},
+    "ml": {"head": "multi_label", "labels": ["p", "q", "r"]},
+    "tagml": {"head": "multilabel_tagging", "labels": ["B-x", "I-x"]},
     "reg": {"head": "regression", "labels": []},
 }
 
@@ -98,7 +98,7 @@ def test_image_encoder_with_timm(tmp_path):
     torch.manual_seed(0)
     backbone = timm.create_model("test_resnet", pretrained=False, num_classes=0)
     enc_cfg = {"architecture": "test_resnet", "model_args": {}, "num_features": backbone.num_features}
-    tasks = {"finding": {"head": "sequence", "labels": ["normal", "pneumonia"]}, "severity": {"head": "regression"}}
+    tasks = {"finding": {"head": "single_label", "labels": ["normal", "pneumonia"]}, "severity": {"head": "regression"}}
     model = MultiHeadModel.from_encoder(backbone, "image", enc_cfg, tasks=tasks).eval()
     x = torch.randn(4, 3, 32, 32)
     out = model(pixel_values=x, task_ids=torch.tensor([0, 1, 0, 1]))

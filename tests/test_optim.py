@@ -5,7 +5,6 @@ import torch
 from transformers import TrainingArguments, get_scheduler
 
 from hf_tune.callbacks import GradientCallback, NonFiniteTrainingError, block_name
-from hf_tune.config import OptimConfig
 from hf_tune.optim import (
     OPTIMIZERS,
     SCHEDULES,
@@ -14,6 +13,7 @@ from hf_tune.optim import (
     layerwise_lrs,
     param_groups,
 )
+from hf_tune.schema import OptimConfig
 from hf_tune.trainer import HfTuneTrainer
 
 BERT_NAMES = [

@@ -1,5 +1,5 @@
 """Data loading, splitting and preprocessing for every recipe kind."""
 
-from hf_tune.data.images import DataError
+from hf_tune.errors import DataError
 
 __all__ = ["DataError"]

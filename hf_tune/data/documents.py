@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -138,23 +139,6 @@ def load_hf_tokens(path: str, tokens_column: str = "tokens", tags_column: str = 
     return out
 
 
-def carve_documents(splits: dict[str, list[Document]], ratios: Sequence[float], seed: int) -> dict[str, list[Document]]:
-    """Carve missing val/test out of train by whole documents (seeded shuffle, fixed for a seed)."""
-    out = dict(splits)
-    train = list(out.get("train", []))
-    _, r_val, r_test = ratios
-    order = np.random.default_rng(seed).permutation(len(train))
-    n = len(train)
-    cut = 0
-    for name, r in (("val", r_val), ("test", r_test)):
-        if name not in out and r > 0:
-            k = max(1, int(round(n * r)))
-            out[name] = [train[i] for i in order[cut : cut + k]]
-            cut += k
-    out["train"] = [train[i] for i in order[cut:]] if cut else train
-    return out
-
-
 def limit_splits(splits: dict[str, list], n_train: int | None, n_eval: int | None, seed: int, source: str | None):
     """Seeded subsets of train (``n_train``) and val/test (``n_eval``); an empty split is an error."""
     out = {name: subset(items, n_train if name == "train" else n_eval, seed) for name, items in splits.items()}
@@ -261,6 +245,22 @@ def load_text_hf(path: str, text_column: str = "text", label_column: str = "labe
     return out
 
 
-def carve_list(splits: dict[str, list], ratios: Sequence[float], seed: int) -> dict[str, list]:
-    """Same as :func:`carve_documents` for any list items."""
-    return carve_documents(splits, ratios, seed)  # type: ignore[arg-type]
+def read_documents_for_prediction(source: str, text_field: str = "text") -> Iterator[Document]:
+    """A .jsonl of objects with a text field, a plain text file (one document), or a folder of .txt files."""
+    p = Path(source)
+    if p.is_dir():
+        files = sorted(p.rglob("*.txt"))
+        if not files:
+            raise DataError(f"{source}: no .txt files found")
+        for f in files:
+            yield Document(f.read_text(encoding="utf-8"), [], str(f))
+    elif p.suffix.lower() in (".jsonl", ".json"):
+        with open(p, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, start=1):
+                if line.strip():
+                    obj = json.loads(line)
+                    if text_field not in obj:
+                        raise DataError(f"{source}:{n}: no {text_field!r} field; set data.text_field")
+                    yield Document(obj[text_field], [], str(obj.get("id", obj.get("title", n))))
+    else:
+        yield Document(p.read_text(encoding="utf-8"), [], str(p))

@@ -17,14 +17,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from hf_tune.errors import DataError
 from hf_tune.registry import Registry
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "dev": "val", "test": "test"}
-
-
-class DataError(ValueError):
-    """A data problem found before training, naming the file or key and how to fix it."""
 
 
 @dataclass
@@ -239,24 +236,21 @@ def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(taken))
 
 
-def carve_splits(splits: dict[str, ImageSplit], ratios: Sequence[float], seed: int) -> dict[str, ImageSplit]:
-    """Carve missing val/test out of train with train:val:test ``ratios`` (stratified, seeded)."""
-    out = dict(splits)
-    if "train" not in out:
-        return out
-    _, r_val, r_test = ratios
-    train = out["train"]
-    missing = [s for s, r in (("val", r_val), ("test", r_test)) if s not in out and r > 0]
-    share = {"val": r_val, "test": r_test}
-    pool = r_val * ("val" in missing) + r_test * ("test" in missing) + ratios[0]
-    for s in missing:
-        frac = share[s] / pool
-        keep, take = stratified_indices(train.labels, frac, seed + (s == "test"))
-        out[s] = train.subset(take)
-        train = train.subset(keep)
-        pool -= share[s]
-    out["train"] = train
-    return out
+def take_stratified(split: ImageSplit, fraction: float, seed: int) -> tuple[ImageSplit, ImageSplit]:
+    """(kept, taken): ``fraction`` of every class taken out of ``split`` (seeded), for the split policy."""
+    keep, take = stratified_indices(split.labels, fraction, seed)
+    return split.subset(keep), split.subset(take)
+
+
+def concat_splits(parts: list[ImageSplit]) -> ImageSplit:
+    """One split holding the examples of ``parts`` in order (ids made unique by their split's position)."""
+    if len(parts) == 1:
+        return parts[0]
+    items: list[Any] = [x for p in parts for x in (list(p.items) if isinstance(p.items, np.ndarray) else p.items)]
+    if all(isinstance(p.items, np.ndarray) for p in parts):
+        items = np.concatenate([p.items for p in parts])
+    ids = [f"{k}:{i}" for k, p in enumerate(parts) for i in p.ids]
+    return ImageSplit(items, np.concatenate([p.labels for p in parts]), ids)
 
 
 def check_labels(splits: dict[str, ImageSplit], num_labels: int, source: str) -> None:

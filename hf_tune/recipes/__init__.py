@@ -1,4 +1,4 @@
-"""Recipe kinds. Importing this package registers every recipe class in ``RECIPES``."""
+"""Recipe kinds. Importing this package registers every recipe class in ``RECIPES`` (one module per kind)."""
 
 from hf_tune.recipes import (  # noqa: F401  (importing registers the recipe classes)
     image_classification,
@@ -6,6 +6,6 @@ from hf_tune.recipes import (  # noqa: F401  (importing registers the recipe cla
     text_classification,
     token_classification,
 )
-from hf_tune.recipes.base import RECIPES, Recipe
+from hf_tune.recipes.base import RECIPES, Recipe, TrainResult, register_kind, run_training
 
-__all__ = ["RECIPES", "Recipe"]
+__all__ = ["RECIPES", "Recipe", "TrainResult", "register_kind", "run_training"]

@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hf_tune.config import FINAL_MODEL_DIR, BaseConfig, ConfigError, save_config
+from hf_tune.heads import Head
 from hf_tune.registry import Registry
+from hf_tune.schema import FINAL_MODEL_DIR, BaseConfig, ConfigError, launch_errors, save_config
+from hf_tune.techniques import log
 
 METRICS_FILE = "metrics.json"
 
 RECIPES: Registry[type[Recipe]] = Registry("recipe kind (task)")
 
 
-def log(msg: str) -> None:
-    """Progress messages go to stderr so stdout stays machine-readable (JSON lines)."""
-    print(f"[hf_tune] {msg}", file=sys.stderr, flush=True)
+def register_kind(cls: type[Recipe]) -> type[Recipe]:
+    """Class decorator: register a recipe class under its config's ``spec.name`` (the ``task:`` value)."""
+    return RECIPES.add(cls.config_cls.spec.name, cls)
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -91,51 +93,26 @@ def use_cpu_backend_for_multiprocess() -> bool:
     return False
 
 
-LORA_TASKS = {"token_classification": "TOKEN_CLS", "text_classification": "SEQ_CLS"}
-LORA_DEFAULT_TARGETS = ["query", "key", "value", "dense"]
+@dataclass
+class SmokeRun:
+    """A seconds-long run of a kind: ``hf-tune train`` arguments and an input for ``hf-tune predict``."""
 
-
-def wrap_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[str] | None, task: str):
-    """peft LoRA on the attention/FFN projections; the task head stays fully trainable (modules_to_save)."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    from hf_tune.optim import head_parameter_names
-
-    heads = sorted({n.rsplit(".", 1)[0] for n in head_parameter_names(model)})  # e.g. classifier, timm_model.fc
-    cfg = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=target_modules or LORA_DEFAULT_TARGETS,
-        modules_to_save=heads or None,
-        task_type=getattr(TaskType, LORA_TASKS[task]) if task in LORA_TASKS else None,
-    )
-    wrapped = get_peft_model(model, cfg)
-    trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in wrapped.parameters())
-    log(f"LoRA r={r}: {trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%)")
-    return wrapped
-
-
-def scores_from_logits(logits, kind: str):
-    """Probabilities (softmax for single-label, sigmoid for multi-label) or raw values for regression."""
-    import numpy as np
-
-    from hf_tune.metrics import softmax
-
-    x = np.asarray(logits, dtype=np.float64)
-    if kind == "single":
-        return softmax(x)
-    if kind == "multilabel":
-        return 1.0 / (1.0 + np.exp(-x))
-    return x.reshape(len(x), -1)[:, 0] if x.ndim > 1 and x.shape[-1] == 1 else x
+    overrides: list[str]
+    predict_input: Path
 
 
 class Recipe:
-    """Base class; subclasses register with ``@RECIPES.register("<task>")``."""
+    """Base class of every recipe kind. A kind subclasses it, sets ``config_cls`` (whose ``spec`` says what the
+    kind is) and registers with ``@register_kind``; that is the whole registration.
 
-    task: ClassVar[str] = ""
-    pipeline_task: ClassVar[str | None] = None
+    Hooks a kind implements: ``prepare_data``, ``build_model``, ``head``, ``train_labels``, ``compute_metrics``,
+    ``load_model``, ``eval_dataset``, ``predict`` and ``smoke_recipe``; the rest have working defaults. The
+    public per-task interface that multi-task recipes use is ``prepare_data``, ``head``, ``label_names``,
+    ``task_loss``, ``attach_encoder``, ``datasets``, ``preprocess_logits``, ``compute_metrics``,
+    ``use_metric_split``, ``evaluate_saved`` and ``predict`` (the last two take a ``model`` view).
+    """
+
+    config_cls: ClassVar[type[BaseConfig]]
 
     def __init__(self, cfg: BaseConfig) -> None:
         self.cfg = cfg
@@ -145,6 +122,15 @@ class Recipe:
         self.datasets: dict[str, Any] = {}
         self.label_names: list[str] = []
         self._resume_from: Path | None = None
+        self._unfreeze = None
+
+    @property
+    def spec(self):
+        return self.config_cls.spec
+
+    @property
+    def task(self) -> str:
+        return self.spec.name
 
     # ---------------------------------------------------------------- life cycle
     def setup(self) -> None:
@@ -152,9 +138,9 @@ class Recipe:
 
         self.args = self.training_args()  # first: it initialises the (possibly distributed) process state
         self._setup_output_dir()  # before loading anything: a refused output_dir must fail fast
-        set_seed(int(self.cfg.training.get("seed", 42)))
-        self._setup_data()  # data before model: the label set sizes the head
-        self._setup_model()
+        set_seed(self.args.seed)
+        self.prepare_data()  # data before model: the label set sizes the head
+        self.build_model()
         self._setup_trainer()  # last: Trainer creates the optimizer lazily from the final model
 
     def train(self) -> dict[str, float]:
@@ -172,9 +158,6 @@ class Recipe:
                 metrics.update(self.trainer.evaluate(self.datasets[split], metric_key_prefix=prefix))
         self.use_metric_split("val")  # Trainer's own evaluations during training run on val
         return metrics
-
-    def use_metric_split(self, split: str) -> None:
-        """Hook for recipes whose metrics need the split's raw examples (tagging: the documents)."""
 
     def save(self, metrics: dict[str, Any]) -> Path:
         """Final model + resolved config + metrics + report and model card in ``output_dir/model``.
@@ -194,7 +177,7 @@ class Recipe:
             self.trainer.save_model(str(final))
         predictions = self.validation_predictions()
         if self.trainer.is_world_process_zero():
-            self._save_extras(final)
+            self.save_extras(final)
             save_config(self.cfg, final)
             save_config(self.cfg, self.output_dir)
             text = json.dumps(metrics, indent=2, sort_keys=True)
@@ -202,32 +185,31 @@ class Recipe:
             (self.output_dir / METRICS_FILE).write_text(text)
             (final / LOG_HISTORY).write_text(json.dumps(self.trainer.state.log_history))
             (final / DATA_SUMMARY).write_text(json.dumps(self.data_summary()))
-            for name, (scores, labels, names, kind) in predictions.items():
-                save_predictions(final, name, scores, labels, names, kind)
+            for name, (scores, labels, names, head) in predictions.items():
+                save_predictions(final, name, scores, labels, names, head)
             write_report(final, title=self.cfg.recipe or self.task)
             write_model_card(
                 self.cfg, final, metrics, self.hub_repo_id() if self.cfg.training.get("push_to_hub") else None
             )
         return final
 
+    def cleanup(self) -> None:
+        self.trainer = None
+
     # ---------------------------------------------------------------- report and Hub
     def data_summary(self) -> dict[str, dict[str, int]]:
         """Examples per split, for the model card (``{"": {...}}``; multi-task: one entry per task)."""
         return {"": {k: len(v) for k, v in self.datasets.items() if hasattr(v, "__len__")}}
 
-    def score_kind(self) -> str | None:
-        """How validation logits become report curves: single (softmax), multilabel (sigmoid), regression,
-        or None (no curves; e.g. tagging, whose report shows per-category F1)."""
-        return "single"
-
     def validation_predictions(self) -> dict[str, tuple[Any, Any, list[str], str]]:
-        """``{name: (scores, labels, class names, kind)}`` on the validation split for the report."""
-        kind, ds = self.score_kind(), self.datasets.get("val")
-        if kind is None or ds is None or len(ds) == 0:
+        """``{name: (scores, labels, class names, head name)}`` on the validation split for the report's
+        curves (heads without score plots, e.g. tagging, show per-category F1 from the metrics instead)."""
+        ds = self.datasets.get("val")
+        if not self.head.plots or ds is None or len(ds) == 0:
             return {}
         out = self.trainer.predict(ds, metric_key_prefix="report")
         logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
-        return {"val": (scores_from_logits(logits, kind), out.label_ids, list(self.label_names), kind)}
+        return {"val": (self.head.scores(logits), out.label_ids, list(self.label_names), self.head.name)}
 
     def hub_repo_id(self) -> str:
         return self.cfg.training.get("hub_model_id") or self.output_dir.resolve().name
@@ -242,7 +224,11 @@ class Recipe:
             return None
         private = t.get("hub_private_repo")
         url = push_model(
-            final, self.hub_repo_id(), private=True if private is None else bool(private), token=t.get("hub_token")
+            final,
+            self.hub_repo_id(),
+            self.cfg,
+            private=True if private is None else bool(private),
+            token=t.get("hub_token"),
         )
         log(f"pushed {final} to {url}")
         return url
@@ -258,10 +244,7 @@ class Recipe:
             if self.processing_class() is not None:
                 self.processing_class().save_pretrained(str(final))
 
-    def cleanup(self) -> None:
-        self.trainer = None
-
-    # ---------------------------------------------------------------- helpers
+    # ---------------------------------------------------------------- Trainer assembly
     def _setup_output_dir(self) -> None:
         self._resume_from = check_output_dir(self.output_dir, resume=self.cfg.resume, overwrite=self.cfg.overwrite)
         state = self.args.distributed_state
@@ -270,7 +253,11 @@ class Recipe:
         state.wait_for_everyone()
 
     def training_args(self, **overrides: Any):
+        """TrainingArguments from ``training:``, with what hf_tune takes over from Trainer (pushing, clipping
+        in the callback, its own optimizers). The user's clipping threshold stays in ``self.max_grad_norm``."""
         from transformers import TrainingArguments
+
+        from hf_tune.techniques import hf_tune_clips
 
         cpu = use_cpu_backend_for_multiprocess()
         kwargs = {**self.cfg.training, "output_dir": str(self.output_dir), **overrides}
@@ -280,25 +267,30 @@ class Recipe:
         # hf_tune pushes the finished model/ folder with its card itself (Recipe.push); Trainer's own push
         # would create the repo at start-up and upload the run folder (logs, no card) at every save.
         kwargs["push_to_hub"] = False
-        if self.hf_tune_clips():
-            kwargs["max_grad_norm"] = 0.0  # GradientCallback clips once instead; Trainer still logs the norm
         if self.cfg.techniques.optim.name:
             from hf_tune.optim import OPTIMIZERS
 
             kwargs["optim"] = OPTIMIZERS.entry(self.cfg.techniques.optim.name).meta["trainer_optim"]
-        return TrainingArguments(**kwargs)
-
-    def hf_tune_clips(self) -> bool:
-        """Clipping moves from Trainer to GradientCallback for non-norm modes or per-block monitoring."""
+        args = TrainingArguments(**kwargs)
+        self.max_grad_norm = float(args.max_grad_norm)
         t = self.cfg.techniques
-        return t.clipping.mode != "norm" or t.monitor.grad_norms
+        if hf_tune_clips(t.clipping, t.monitor):
+            args.max_grad_norm = 0.0  # GradientCallback clips once instead; Trainer still logs the norm
+        return args
 
     def _setup_trainer(self) -> None:
         from hf_tune.callbacks import SaveResolvedConfig, route_logs_to_stderr
+        from hf_tune.techniques import (
+            apply_transfer_controls,
+            build_ema_callback,
+            build_grad_callback,
+            optimizer_settings,
+        )
         from hf_tune.trainer import HfTuneTrainer
 
-        self._apply_transfer_controls()  # after the model, before Trainer builds the optimizer from it
-        opt = self._optimizer_settings()
+        t = self.cfg.techniques
+        # after the model, before Trainer builds the optimizer from it
+        self.model, self._unfreeze = apply_transfer_controls(self.model, t.freeze, t.lora, self.spec.lora_task_type)
         self.trainer = HfTuneTrainer(
             model=self.model,
             args=self.args,
@@ -309,11 +301,18 @@ class Recipe:
             compute_metrics=self.compute_metrics,
             preprocess_logits_for_metrics=self.preprocess_logits(),
             callbacks=[SaveResolvedConfig(self.cfg)],
-            loss_fn=self._loss_fn(),
-            ema=self._ema_callback(),
-            evaluate_with_ema=self.cfg.techniques.ema.evaluate_with_ema,
-            grad_monitor=self._grad_callback(),
-            **opt,
+            loss=self.training_loss(),
+            ema=build_ema_callback(t.ema, str(self._resume_from) if self._resume_from else None),
+            evaluate_with_ema=t.ema.evaluate_with_ema,
+            grad_monitor=build_grad_callback(t.clipping, t.monitor, self.max_grad_norm),
+            **optimizer_settings(
+                self.model,
+                optim=t.optim,
+                lr=t.lr,
+                unfreezes=bool(t.freeze.unfreeze_at_steps),
+                learning_rate=float(self.args.learning_rate),
+                weight_decay=float(self.args.weight_decay),
+            ),
             **self.trainer_extras(),
         )
         if self._unfreeze is not None:
@@ -321,144 +320,53 @@ class Recipe:
         route_logs_to_stderr(self.trainer)
 
     def trainer_extras(self) -> dict[str, Any]:
-        """Further HfTuneTrainer arguments of a recipe kind (multi-task: sampler, loss meter, PCGrad)."""
+        """Further HfTuneTrainer arguments of a recipe kind (multi-task: sampler, log sources)."""
         return {}
 
-    def _grad_callback(self):
-        from hf_tune.callbacks import GradientCallback
+    def training_loss(self):
+        """The HfTuneTrainer loss: the task loss on the logits, or None for the model's own loss."""
+        from hf_tune.trainer import LogitsLoss
 
-        t = self.cfg.techniques
-        c, m = t.clipping, t.monitor
-        if not (self.hf_tune_clips() or m.skip_nonfinite):
-            return None
-        return GradientCallback(
-            mode=c.mode,
-            max_norm=float(self.cfg.training.get("max_grad_norm", 1.0)),
-            value=c.value,
-            agc_factor=c.agc_factor,
-            agc_eps=c.agc_eps,
-            auto_percentile=c.auto_percentile,
-            auto_window=c.auto_window,
-            auto_min_history=c.auto_min_history,
-            monitor=m.grad_norms,
-            depth=m.depth,
-            skip_nonfinite=m.skip_nonfinite,
-            max_nonfinite_in_a_row=m.max_nonfinite_in_a_row,
-            plot=m.plot,
-            clip=self.hf_tune_clips(),
-        )
+        fn = self.task_loss(float(self.args.label_smoothing_factor))
+        return None if fn is None else LogitsLoss(fn)
 
-    def _apply_transfer_controls(self) -> None:
-        """Freeze blocks (recording them for gradual unfreezing) and/or wrap the model with LoRA."""
-        from hf_tune.callbacks import UnfreezeCallback
-        from hf_tune.optim import assign_block_ids, head_parameter_names
+    def task_loss(self, label_smoothing: float):
+        """This task's loss ``fn(logits, labels)`` from ``techniques.loss`` (focal, class weights) and label
+        smoothing, or None when the model's own loss is exactly what was asked. Heads whose loss is not a
+        softmax classification (multi-label, regression) use the head's loss."""
+        from hf_tune.techniques import build_class_loss
 
-        f, lora = self.cfg.techniques.freeze, self.cfg.techniques.lora
-        self._unfreeze = None
-        if lora.enabled:
-            self.model = wrap_lora(
-                self.model,
-                r=lora.r,
-                alpha=lora.alpha,
-                dropout=lora.dropout,
-                target_modules=lora.target_modules,
-                task=self.task,
-            )
-            return
-        if not (f.embeddings or f.first_n_blocks):
-            return
-        named = list(self.model.named_parameters())
-        ids, n_blocks = assign_block_ids([n for n, _ in named], head_parameter_names(self.model))
-        top = min(f.first_n_blocks, n_blocks)
-        blocks = [[p for n, p in named if ids[n] == b] for b in range(top + 1)]  # 0 = embeddings/stem
-        for params in blocks:
-            for p in params:
-                p.requires_grad_(False)
-        frozen = sum(p.numel() for params in blocks for p in params)
-        log(f"frozen: embeddings/stem + {top} of {n_blocks} blocks ({frozen:,} parameters)")
-        if f.unfreeze_at_steps:
-            self._unfreeze = UnfreezeCallback(blocks, f.unfreeze_at_steps)
-
-    def _optimizer_settings(self) -> dict[str, Any]:
-        """HfTuneTrainer kwargs for parameter groups, optimizer hyperparameters and extra schedules."""
-        from hf_tune.optim import OPTIMIZERS, head_parameter_names, param_groups
-
-        t = self.cfg.techniques
-        out: dict[str, Any] = {}
-        if t.optim.name:
-            entry = OPTIMIZERS.entry(t.optim.name)
-            out["optimizer_kwargs"] = entry.obj(t.optim)
-            out["optimizer_cls"] = entry.meta.get("cls")
-        if t.lr.layer_decay is not None or t.lr.backbone_lr is not None or t.freeze.unfreeze_at_steps:
-            head = head_parameter_names(self.model)
-            lr, wd = float(self.args.learning_rate), float(self.args.weight_decay)
-            out["param_groups_fn"] = lambda m: param_groups(
-                m.named_parameters(),
-                head,
-                lr=lr,
-                weight_decay=wd,
-                layer_decay=t.lr.layer_decay,
-                backbone_lr=t.lr.backbone_lr,
-                no_decay_bias_norm=t.lr.no_decay_bias_norm,
-            )
-        if t.optim.schedule:
-            o = t.optim
-            out["schedule"] = (
-                o.schedule,
-                {
-                    "step_size": o.step_size,
-                    "gamma": o.gamma,
-                    "milestones": o.milestones,
-                    "restart_period": o.restart_period,
-                    "restart_mult": o.restart_mult,
-                    "min_lr_ratio": o.min_lr_ratio,
-                },
-            )
-        return out
-
-    def _ema_callback(self):
-        from hf_tune.callbacks import EmaCallback
-
-        e = self.cfg.techniques.ema
-        if not e.enabled:
-            return None
-        return EmaCallback(e.decay, e.warmup, str(self._resume_from) if self._resume_from else None)
-
-    def _loss_fn(self):
-        from hf_tune.losses import balanced_class_weights, build_loss
-
-        lc = self.cfg.techniques.loss
-        weights = lc.class_weights
-        if weights == "balanced":
-            weights = balanced_class_weights(self.train_labels(), len(self.label_names))
-            log(f"class weights (balanced): {[round(w, 3) for w in weights]}")
-        elif weights is not None and len(weights) != len(self.label_names):
-            raise ConfigError(
-                [
-                    f"techniques.loss.class_weights has {len(weights)} values for "
-                    f"{len(self.label_names)} classes {self.label_names}"
-                ]
-            )
-        return build_loss(
-            lc.name,
-            focal_gamma=lc.focal_gamma,
-            focal_alpha=lc.focal_alpha,
-            class_weights=weights,
-            label_smoothing=float(self.cfg.training.get("label_smoothing_factor", 0.0)),
+        if not self.head.uses_class_loss:
+            return self.head.loss
+        return build_class_loss(
+            self.cfg.techniques.loss,
+            label_names=self.label_names,
+            train_labels=self.train_labels,
+            label_smoothing=label_smoothing,
         )
 
     # ---------------------------------------------------------------- task hooks
+    @property
+    def head(self) -> Head:
+        """The output head this run's data calls for (see hf_tune.heads.HEADS)."""
+        raise NotImplementedError
+
     def train_labels(self):
         """Training label ids (for class-weight statistics)."""
         raise NotImplementedError
 
-    def _setup_data(self) -> None:
+    def prepare_data(self) -> None:
+        """Load and split ``cfg.data``; set ``label_names`` and ``datasets`` (train/val/test)."""
         raise NotImplementedError
 
-    def _setup_model(self) -> None:
+    def build_model(self) -> None:
         raise NotImplementedError
 
-    def _save_extras(self, model_dir: Path) -> None:
+    def attach_encoder(self, encoder_config: dict[str, Any]) -> None:
+        """Called by multi-task recipes once the shared encoder exists (image kinds build their transforms
+        from its data config)."""
+
+    def save_extras(self, model_dir: Path) -> None:
         """Anything the final folder needs beyond weights+config (e.g. a tokenizer)."""
 
     def data_collator(self):
@@ -471,7 +379,18 @@ class Recipe:
         """Trainer's preprocess_logits_for_metrics (None: keep full logits)."""
         return None
 
+    def use_metric_split(self, split: str) -> None:
+        """Hook for recipes whose metrics need the split's raw examples (tagging: the documents)."""
+
     def compute_metrics(self, eval_pred) -> dict[str, float]:
+        raise NotImplementedError
+
+    @classmethod
+    def smoke_recipe(cls, folder: Path, text_model: str) -> dict[str, SmokeRun]:
+        """Tiny offline data written into ``folder`` and the ``key=value`` lines that train this kind for a few
+        steps (text kinds use ``text_model``, a tiny BERT folder), one per head the kind offers. The test that
+        enumerates the registries trains, reports, reloads and predicts each one, so a kind without this
+        fails in CI."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- saved-model entry points
@@ -523,3 +442,31 @@ class Recipe:
         """Yield one JSON-able prediction per input (used by ``hf-tune predict``); ``model`` as in
         :meth:`evaluate_saved`."""
         raise NotImplementedError
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, Any]
+    model_dir: Path
+    output_dir: Path
+    is_main_process: bool
+    process_index: int
+
+
+def run_training(recipe: Recipe) -> TrainResult:
+    """The whole life cycle, shared by ``hf-tune train`` and ``Run.fit``: launch checks, setup, train,
+    evaluate, save (model, config, metrics, report, card), push when asked, and cleanup whatever happened."""
+    errors = launch_errors(recipe.cfg)
+    if errors:
+        raise ConfigError(errors, recipe.cfg.recipe)
+    try:
+        recipe.setup()
+        metrics = {**recipe.train(), **recipe.evaluate()}
+        final = recipe.save(metrics)
+        recipe.push(final)
+        trainer = recipe.trainer
+        return TrainResult(
+            metrics, final, recipe.output_dir, trainer.is_world_process_zero(), trainer.args.process_index
+        )
+    finally:
+        recipe.cleanup()

@@ -3,29 +3,117 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from hf_tune.config import ImageClassificationConfig
 from hf_tune.data.images import (
     IMAGE_EXTENSIONS,
-    DataError,
     ImageSource,
     ImageSplit,
     TransformedImages,
-    carve_splits,
     check_labels,
+    concat_splits,
     eval_transform,
     limit,
     load_image_source,
+    take_stratified,
     train_transform,
 )
-from hf_tune.metrics import compute_classification_metrics, softmax
+from hf_tune.data.splits import carve, select
+from hf_tune.errors import DataError
+from hf_tune.heads import HEADS, Head
 from hf_tune.modeling import build_timm_classifier
-from hf_tune.recipes.base import RECIPES, Recipe, log
+from hf_tune.recipes.base import Recipe, SmokeRun, register_kind
+from hf_tune.schema import BaseConfig, DataSplitsConfig, KindSpec
+from hf_tune.techniques import log
+
+# --------------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation, passed to timm.data.create_transform(is_training=True)."""
+
+    scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
+    """RandomResizedCrop area range."""
+    ratio: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    hflip: float = 0.0
+    """Horizontal flip probability. Off by default: anatomy (chest X-rays) and digits are not symmetric."""
+    color_jitter: float = 0.0
+    auto_augment: str | None = None
+    """A timm auto-augment spec such as 'rand-m5-mstd0.5'."""
+    re_prob: float = 0.0
+    """Random erasing probability."""
+
+
+@dataclass
+class ImageModelConfig:
+    name: str = "resnet18"
+    """Any timm model name (resnet18, resnet50, test_resnet...) or a local saved model folder."""
+    pretrained: bool = False
+    """Load timm's pretrained weights from the Hub (needs network); false: random init."""
+    in_chans: int = 3
+    """3 keeps the model loadable by transformers' pipeline (which feeds RGB); 1 is faster for grayscale."""
+    image_size: int = 224
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class ImageDataConfig(DataSplitsConfig):
+    path: str | None = None
+    """A MedMNIST-style .npz, an image folder, a datasets name or saved path, or a built-in source."""
+    format: str = "auto"
+    """Data source kind (see hf_tune.data.IMAGE_SOURCES); auto picks by path."""
+    labels: list[str] | None = None
+    """Class names in label-id order; None: from the source (folder names, ClassLabel) or '0'..'k-1'."""
+    image_column: str = "image"
+    label_column: str = "label"
+    max_train_samples: int | None = None
+    """Use a seeded, stratified subset of train (for quick runs)."""
+    max_eval_samples: int | None = None
+    augment: bool = True
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    cache_mb: float = 2048.0
+    """Memory budget for caching deterministically transformed images (eval splits, and train when
+    augment=false); 0 disables caching."""
+    verify_images: bool = True
+    """Open every image file once before training so a corrupt file fails early, by name."""
+
+
+@dataclass
+class ImageClassificationConfig(BaseConfig):
+    spec = KindSpec(
+        name="image_classification",
+        modality="image",
+        headline_metric="accuracy",
+        pipeline_tag="image-classification",
+        example_input='"chest_xray.png"',
+    )
+    model: ImageModelConfig = field(default_factory=ImageModelConfig)
+    data: ImageDataConfig = field(default_factory=ImageDataConfig)
+
+    def validate(self) -> list[str]:
+        errors = super().validate() + self.data.split_errors()
+        if self.model.in_chans not in (1, 3):
+            errors.append(f"model.in_chans must be 1 or 3, got {self.model.in_chans}")
+        if self.model.image_size < 8:
+            errors.append(f"model.image_size must be >= 8, got {self.model.image_size}")
+        a = self.data.augmentation
+        if len(a.scale) != 2 or not 0 < a.scale[0] <= a.scale[1] <= 1:
+            errors.append(f"data.augmentation.scale must be [lo, hi] with 0 < lo <= hi <= 1, got {a.scale}")
+        return errors
+
+
+# --------------------------------------------------------------------------------------------------
+# Recipe
+# --------------------------------------------------------------------------------------------------
 
 
 def resolve_label_names(configured: list[str] | None, source: ImageSource, path: str | None) -> list[str]:
@@ -43,26 +131,38 @@ def resolve_label_names(configured: list[str] | None, source: ImageSource, path:
     return [str(i) for i in range(top + 1)]
 
 
-@RECIPES.register("image_classification")
+@register_kind
 class ImageClassificationRecipe(Recipe):
-    task = "image_classification"
-    pipeline_task = "image-classification"
+    config_cls = ImageClassificationConfig
     cfg: ImageClassificationConfig
 
-    def _load_splits(self, known_labels: list[str] | None = None) -> dict[str, ImageSplit]:
-        """Load and split ``cfg.data``; ``known_labels`` (a saved model's classes) bounds the label ids."""
-        d = self.cfg.data
-        source = load_image_source(
-            d.path, d.format, image_column=d.image_column, label_column=d.label_column, verify=d.verify_images
-        )
-        self.label_names = known_labels or resolve_label_names(d.labels, source, d.path)
-        splits = carve_splits(source.splits, d.split_ratios, d.split_seed)
-        check_labels(splits, len(self.label_names), d.path or d.format)
-        return splits
+    @property
+    def head(self) -> Head:
+        return HEADS.get("single_label")
 
-    def _setup_data(self) -> None:
+    def _source_splits(self) -> tuple[dict[str, ImageSplit], ImageSource]:
+        """Every split the sources give (``path`` plus ``val_path``/``test_path``), before carving."""
+        d = self.cfg.data
+        kw = {"image_column": d.image_column, "label_column": d.label_column, "verify": d.verify_images}
+        source = load_image_source(d.path, d.format, **kw)
+        splits = dict(source.splits)
+        for name, path in (("val", d.val_path), ("test", d.test_path)):
+            if path:
+                splits[name] = concat_splits(list(load_image_source(path, d.format, **kw).splits.values()))
+        return splits, source
+
+    def _carved(self, splits: dict[str, ImageSplit]) -> dict[str, ImageSplit]:
+        d = self.cfg.data
+        return carve(splits, d.split_ratios, d.split_seed, d.carve, take_stratified)
+
+    def prepare_data(self) -> None:
         d, m = self.cfg.data, self.cfg.model
-        splits = self._load_splits()
+        splits, source = self._source_splits()
+        discrete = self.head.discrete
+        self.label_names = resolve_label_names(d.labels, source, d.path) if discrete else [d.label_column]
+        splits = self._carved(splits)
+        if discrete:
+            check_labels(splits, len(self.label_names), d.path or d.format)
         splits["train"] = limit(splits["train"], d.max_train_samples, d.split_seed)
         for s in ("val", "test"):
             if s in splits:
@@ -75,11 +175,11 @@ class ImageClassificationRecipe(Recipe):
         )
         self._mode = "L" if m.in_chans == 1 else "RGB"
 
-    def _setup_model(self) -> None:
+    def build_model(self) -> None:
         m = self.cfg.model
         self.model = build_timm_classifier(
             m.name,
-            len(self.label_names),
+            self.head.num_outputs(self.label_names),
             dict(enumerate(self.label_names)),
             pretrained=m.pretrained,
             in_chans=m.in_chans,
@@ -87,11 +187,12 @@ class ImageClassificationRecipe(Recipe):
             drop_rate=m.drop_rate,
             drop_path_rate=m.drop_path_rate,
         )
-        self.build_datasets(self.model.config.pretrained_cfg)
+        self.attach_encoder({"pretrained_cfg": self.model.config.pretrained_cfg})
 
-    def build_datasets(self, pcfg: dict[str, Any]) -> None:
-        """Train/eval datasets with transforms from a model's data config (``pretrained_cfg``)."""
-        # Transforms come from the model's saved data config, so eval here == pipeline() later.
+    def attach_encoder(self, encoder_config: dict[str, Any]) -> None:
+        """Train/eval datasets with transforms from the model's data config (``pretrained_cfg``), so
+        evaluation here equals ``pipeline()`` later."""
+        pcfg = encoder_config["pretrained_cfg"]
         d = self.cfg.data
         ev = eval_transform(pcfg)
         a = d.augmentation
@@ -114,7 +215,8 @@ class ImageClassificationRecipe(Recipe):
         return self._splits["train"].labels
 
     def compute_metrics(self, eval_pred) -> dict[str, float]:
-        return compute_classification_metrics(eval_pred)
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        return self.head.metrics(logits, eval_pred.label_ids)
 
     # ---------------------------------------------------------------- saved-model entry points
     @classmethod
@@ -124,48 +226,45 @@ class ImageClassificationRecipe(Recipe):
         return TimmWrapperForImageClassification.from_pretrained(str(model_dir))
 
     def eval_dataset(self, split: str, model_dir: Path) -> tuple[str, Any]:
-        splits = self._load_splits(known_labels=self.label_names)
-        if split == "auto":
-            split = next((s for s in ("test", "val") if s in splits), "train")
-        if split not in splits:
-            raise DataError(f"data.split={split}: {self.cfg.data.path} has splits {sorted(splits)}")
+        splits, _ = self._source_splits()
+        name, chosen = select(splits, split, carved=self._carved, concat=concat_splits, source=self.cfg.data.path)
+        if self.head.discrete:
+            check_labels({name: chosen}, len(self.label_names), self.cfg.data.path or self.cfg.data.format)
         mode = "L" if self.model.config.pretrained_cfg["input_size"][0] == 1 else "RGB"
-        ds = TransformedImages(splits[split], eval_transform(self.model.config.pretrained_cfg), mode)
-        return split, ds
+        return name, TransformedImages(chosen, eval_transform(self.model.config.pretrained_cfg), mode)
+
+    @classmethod
+    def smoke_recipe(cls, folder: Path, text_model: str) -> dict[str, SmokeRun]:
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 255, size=(24, 16, 16), dtype=np.uint8)
+        path = folder / "images.npz"
+        np.savez(path, train_images=images, train_labels=np.arange(24) % 2)
+        args = ["recipe=quickstart", f"data.path={path}", "model.name=test_resnet", "model.image_size=16"]
+        return {"single_label": SmokeRun(args, path)}
 
     def predict(self, model_dir: Path, source: str, batch_size: int = 32, model=None) -> Iterator[dict[str, Any]]:
         model = (model or self.load_model(model_dir)).eval()
         pcfg = model.config.pretrained_cfg
         tf, mode = eval_transform(pcfg), "L" if pcfg["input_size"][0] == 1 else "RGB"
-        split = _predict_inputs(source, self.cfg.data.split)
+        split = self._predict_inputs(source)
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         for start in range(0, len(split), batch_size):
             idx = range(start, min(start + batch_size, len(split)))
             x = torch.stack([tf(split.image(i).convert(mode)) for i in idx])
             with torch.no_grad():
-                probs = softmax(model(pixel_values=x).logits.float().numpy())
-            for i, p in zip(idx, probs, strict=True):
-                k = int(np.argmax(p))
-                yield {
-                    "input": split.ids[i],
-                    "label": names[k],
-                    "score": float(p[k]),
-                    "scores": {n: float(v) for n, v in zip(names, p, strict=True)},
-                }
+                logits = model(pixel_values=x).logits.float().numpy()
+            for i, row in zip(idx, logits, strict=True):
+                yield {"input": split.ids[i], **self.head.format_prediction(row, names)}
 
-
-def _predict_inputs(source: str, split: str) -> ImageSplit:
-    """An image file, a folder of images (recursive), or a dataset file (its ``split``)."""
-    p = Path(source)
-    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
-        return ImageSplit([str(p)], np.zeros(1), ids=[str(p)])
-    if p.is_dir() and not (p / "dataset_dict.json").exists():
-        files = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
-            raise DataError(f"{source}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
-        return ImageSplit(files, np.zeros(len(files)), ids=files)
-    splits = load_image_source(source).splits
-    name = next((s for s in ("test", "val", "train") if s in splits), None) if split == "auto" else split
-    if name not in splits:
-        raise DataError(f"data.split={split}: {source} has splits {sorted(splits)}")
-    return splits[name]
+    def _predict_inputs(self, source: str) -> ImageSplit:
+        """An image file, a folder of images (recursive), or a dataset file (its ``data.split``)."""
+        p = Path(source)
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+            return ImageSplit([str(p)], np.zeros(1), ids=[str(p)])
+        if p.is_dir() and not (p / "dataset_dict.json").exists():
+            files = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise DataError(f"{source}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
+            return ImageSplit(files, np.zeros(len(files)), ids=files)
+        splits = load_image_source(source).splits
+        return select(splits, self.cfg.data.split, carved=self._carved, concat=concat_splits, source=source)[1]

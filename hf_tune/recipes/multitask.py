@@ -1,41 +1,222 @@
 """Multi-task recipe: several tasks, one shared encoder (MultiHeadModel), trained together by Trainer.
 
-Each task reuses its single-task recipe for everything task-specific: data loading and splitting,
-windows and span decoding for tagging, metrics and prediction output. This recipe adds what is shared:
-one encoder with a head per task, the task mixture and sampler, loss weighting, per-task metrics
-(``eval_<task>_<metric>``) and the multi-task save/evaluate/predict entry points.
+Each task is a single-task recipe of its kind, built from the task's own full config (the recipe's training
+settings and techniques, the task's data and loss), and used only through the public per-task interface of
+:class:`~hf_tune.recipes.base.Recipe`: data loading and splitting, its head, its loss, windows and span decoding
+for tagging, metrics and prediction output. This recipe adds what is shared: one encoder with a head per task,
+the task mixture and sampler, loss weighting, per-task metrics (``eval_<task>_<metric>``) and the multi-task
+save/evaluate/predict entry points.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from hf_tune.config import ConfigError, MultitaskConfig, from_mapping
-from hf_tune.data.images import DataError
-from hf_tune.recipes.base import RECIPES, Recipe, log
+from hf_tune.errors import ConfigError, DataError
+from hf_tune.heads import HEADS
+from hf_tune.recipes.base import RECIPES, Recipe, SmokeRun, register_kind
+from hf_tune.registry import did_you_mean
+from hf_tune.schema import BaseConfig, KindSpec, LossConfig, to_dict
+from hf_tune.techniques import log
+from hf_tune.trainer import LossInputs, TrainingLoss
+from hf_tune._walk_tmp import build
 
-HEADLINE_METRICS = {
-    "token_classification": "span_f1_micro",
-    "text_classification": "f1_macro",
-    "image_classification": "accuracy",
-}
+# --------------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------------
 
 
-def head_type(sub: Recipe) -> str:
-    """The MultiHeadModel head a single-task recipe's data calls for."""
-    d = sub.cfg.data
-    if sub.task == "token_classification":
-        return "token" if d.scheme == "bio" else "token_multilabel"
-    if sub.task == "text_classification":
-        return "regression" if d.regression else "sequence_multilabel" if d.multi_label else "sequence"
-    return "sequence"
+@dataclass
+class MultitaskModelConfig:
+    name: str = "bert-base-uncased"
+    """The shared encoder: a BERT-family Hub id / folder / pkg:<package> (text tasks), or a timm model name
+    (image tasks)."""
+    pretrained: bool = False
+    """Image encoders only: load timm's pretrained weights from the Hub (text encoders are always pretrained)."""
+    in_chans: int = 3
+    image_size: int = 224
+    drop_rate: float = 0.0
+    """Image encoders: timm dropout before the (removed) classifier."""
+    head_dropout: float = 0.1
+    """Dropout in front of every task head."""
+    pooling: Literal["mean", "cls"] = "mean"
+    """How sequence heads read a text encoder: mean over real tokens (what sentence encoders such as MiniLM were
+    trained for) or the [CLS] vector."""
+
+
+@dataclass
+class TaskConfig:
+    """One task of a multi-task recipe."""
+
+    type: str
+    """The recipe kind whose data handling, head and metrics the task reuses (``hf-tune recipes`` lists kinds;
+    any kind whose spec allows multi-task). Its ``data`` keys decide the head (e.g. text_classification covers
+    single-label, multi-label via data.multi_label and regression via data.regression)."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """The data section of that recipe kind (same keys, same defaults)."""
+    loss_weight: float = 1.0
+    """Fixed weight of this task's loss (also the base that uncertainty/DWA weighting multiplies)."""
+    metric: str | None = None
+    """Headline metric for this task, e.g. span_f1 or f1_micro (logged as eval_<task>_<metric>); None: the
+    recipe kind's headline metric."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """This task's classification loss (focal, class weights); multi-label and regression heads use BCE/MSE."""
+
+
+@dataclass
+class MultitaskOptions:
+    sampling: str = "temperature"
+    """How training slots are shared among tasks (see hf_tune.multitask.SAMPLING): proportional,
+    temperature (p ~ n^(1/T)), uniform, round_robin (homogeneous batches, tasks take turns)."""
+    temperature: float = 2.0
+    """T for sampling=temperature: 1 = proportional, larger = closer to uniform."""
+    epoch_size: int | None = None
+    """Examples per epoch; None: the sum of the tasks' training set sizes."""
+    weighting: str = "fixed"
+    """How task losses combine (see hf_tune.multitask.WEIGHTINGS): fixed, uncertainty, dwa."""
+    dwa_temperature: float = 2.0
+    dwa_interval: int = 50
+    """DWA: optimizer steps per averaging period (the paper uses epochs; CPU runs are shorter)."""
+    pcgrad: bool = False
+    """Project away conflicting task gradients on the shared encoder (PCGrad). One extra backward per task;
+    single process only."""
+
+
+def _reserved_by_torch(name: str) -> bool:
+    """Heads live in an nn.ModuleDict, whose keys cannot shadow Module attributes (half, train, type, ...)."""
+    return hasattr(torch.nn.ModuleDict, name)
+
+
+@dataclass
+class MultitaskConfig(BaseConfig):
+    spec = KindSpec(
+        name="multitask",
+        modality="text",  # per recipe: see modality(); the tasks decide
+        headline_metric="loss",
+        load_snippet=(
+            "```python\n"
+            "import hf_tune.multihead  # registers MultiHeadModel with AutoModel (pip install hf_tune)\n"
+            "from transformers import AutoModel, AutoTokenizer\n\n"
+            'model = AutoModel.from_pretrained("{repo}")\n'
+            'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n'
+            'out = model(**tokenizer(["..."], return_tensors="pt"), task="{task}")\n'
+            'out.logits["{task}"]\n'
+            "```\n\n"
+            "or `hf-tune predict MODEL_DIR INPUT task={task}`.\n"
+        ),
+        multitask_task=False,
+    )
+    model: MultitaskModelConfig = field(default_factory=MultitaskModelConfig)
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    multitask: MultitaskOptions = field(default_factory=MultitaskOptions)
+
+    def task_config(self, name: str) -> tuple[BaseConfig | None, list[str]]:
+        """Task ``name`` as a full config of its kind: the recipe's training settings and techniques (with the
+        task's loss), the task's data, and the shared encoder's settings that the kind's model section has.
+        Returns (config, errors), errors prefixed with ``tasks.NAME.``."""
+        t = self.tasks[name]
+        cls = RECIPES.get(t.type).config_cls
+        model_fields = {f.name for f in dataclasses.fields(typing.get_type_hints(cls)["model"])}
+        mapping = {
+            "task": t.type,
+            "recipe": f"{self.recipe}.{name}",
+            "model": {k: v for k, v in dataclasses.asdict(self.model).items() if k in model_fields},
+            "data": dict(t.data),
+            "techniques": {**to_dict(self)["techniques"], "loss": dataclasses.asdict(t.loss)},
+            "card": dataclasses.asdict(self.card),
+        }
+        cfg, errors = build(cls, mapping)
+        if cfg is not None:
+            cfg.training = {**self.training, "output_dir": str(self.output_dir() / name)}
+            # shared settings are checked once, at the top level; what is the task's own is checked here
+            errors += [e for e in cfg.validate() if e.startswith(("data", "model", "techniques.loss"))]
+        return cfg, [f"tasks.{name}.{e}" for e in errors]
+
+    def validate(self) -> list[str]:
+        from hf_tune.multitask import SAMPLING, WEIGHTINGS
+
+        errors = super().validate()
+        if not self.tasks:
+            errors.append("tasks: a multitask recipe needs at least one task (tasks.NAME.type, tasks.NAME.data)")
+        kinds = [n for n in RECIPES.names() if RECIPES.get(n).config_cls.spec.multitask_task]
+        modalities = set()
+        for name, t in self.tasks.items():
+            if not name.isidentifier():
+                errors.append(f"tasks.{name}: task names must be identifiers (letters, digits, _)")
+            elif _reserved_by_torch(name):
+                errors.append(
+                    f"tasks.{name}: {name!r} is a torch.nn.Module attribute; rename the task (e.g. {name}_task)"
+                )
+            if t.type not in kinds:
+                errors.append(
+                    f"tasks.{name}.type: {t.type!r} cannot be a task{did_you_mean(t.type, kinds)}; "
+                    f"known: {', '.join(kinds)}"
+                )
+                continue
+            modalities.add(RECIPES.get(t.type).config_cls.spec.modality)
+            if t.loss_weight < 0:
+                errors.append(f"tasks.{name}.loss_weight must be >= 0")
+            errors += self.task_config(name)[1]
+        if len(modalities) > 1:
+            errors.append("tasks: text and image tasks cannot share one encoder; use one modality per recipe")
+        m = self.multitask
+        for key, value, reg in (("sampling", m.sampling, SAMPLING), ("weighting", m.weighting, WEIGHTINGS)):
+            if value not in reg:
+                errors.append(
+                    f"multitask.{key}: unknown {reg.kind} {value!r}{did_you_mean(value, reg.names())}; "
+                    f"known: {', '.join(reg.names())}"
+                )
+        if m.temperature <= 0:
+            errors.append("multitask.temperature must be > 0")
+        tech = self.techniques
+        if tech.loss != LossConfig():
+            errors.append("techniques.loss: set the loss per task in tasks.NAME.loss for multitask recipes")
+        if tech.lora.enabled:
+            errors.append("techniques.lora: not supported for multitask recipes yet; use techniques.freeze")
+        return errors
+
+    def process_errors(self, world_size: int) -> list[str]:
+        if self.multitask.pcgrad and world_size > 1:
+            return ["multitask.pcgrad runs in a single process only (it takes per-task gradients itself)"]
+        return []
+
+    def modality(self) -> str:
+        types = [t.type for t in self.tasks.values() if t.type in RECIPES]
+        return RECIPES.get(types[0]).config_cls.spec.modality if types else self.spec.modality
+
+    def headline_metrics(self) -> dict[str, str]:
+        return {n: t.metric or RECIPES.get(t.type).config_cls.spec.headline_metric for n, t in self.tasks.items()}
+
+    def data_sections(self) -> dict[str, dict[str, Any]]:
+        return {n: dict(t.data) for n, t in self.tasks.items()}
+
+    def card_settings(self) -> list[str]:
+        m = self.multitask
+        out = [f"- task sampling `{m.sampling}`" + (f" (T={m.temperature})" if m.sampling == "temperature" else "")]
+        out.append(f"- loss weighting `{m.weighting}`" + (", PCGrad" if m.pcgrad else ""))
+        for n, task in self.tasks.items():
+            out.append(f"- task `{n}`: {task.type}, loss weight {task.loss_weight}, loss `{task.loss.name}`")
+        return out
+
+    @classmethod
+    def route_overrides(cls, saved: dict[str, Any], overrides: list[str], task: str | None) -> list[str]:
+        """``data.KEY=V`` applies to every task's data (or to ``task`` only)."""
+        tasks = [task] if task else list(saved.get("tasks") or {})
+        return [x for o in overrides for x in ([f"tasks.{t}.{o}" for t in tasks] if o.startswith("data.") else [o])]
+
+
+# --------------------------------------------------------------------------------------------------
+# Model pieces
+# --------------------------------------------------------------------------------------------------
 
 
 class TaskHeadView(nn.Module):
@@ -66,14 +247,14 @@ class TaskHeadView(nn.Module):
 
 
 class MultiTaskCollator:
-    """Pads a (possibly mixed) batch: inputs together, labels grouped as ``{task: tensor}`` in batch order.
+    """Pads a (possibly mixed) batch: inputs together, labels grouped as ``{task: tensor}`` in batch order,
+    each collated by its task's head (token labels padded to the batch's padded length with -100).
 
-    Token labels are padded to the batch's padded length with -100 (rows of -100 for multi-label tags);
-    only input_ids/attention_mask travel (single-segment text, so token_type_ids are all zero anyway).
+    Only input_ids/attention_mask travel (single-segment text, so token_type_ids are all zero anyway).
     """
 
     def __init__(self, names: list[str], heads: list[str], tokenizer=None) -> None:
-        self.names, self.heads, self.tokenizer = names, heads, tokenizer
+        self.names, self.heads, self.tokenizer = names, [HEADS.get(h) for h in heads], tokenizer
 
     def __call__(self, features: list[dict]) -> dict[str, Any]:
         task_ids = [int(f["task_ids"]) for f in features]
@@ -89,72 +270,79 @@ class MultiTaskCollator:
         batch["task_ids"] = torch.tensor(task_ids)
         if "labels" in features[0]:
             batch["labels"] = {
-                self.names[k]: self._labels(
-                    [f["labels"] for f, t in zip(features, task_ids, strict=True) if t == k], self.heads[k], length
+                self.names[k]: self.heads[k].collate(
+                    [f["labels"] for f, t in zip(features, task_ids, strict=True) if t == k], length
                 )
                 for k in sorted(set(task_ids))
             }
         return batch
 
-    @staticmethod
-    def _labels(rows: list, head: str, length: int) -> torch.Tensor:
-        if head == "token":
-            out = torch.full((len(rows), length), -100, dtype=torch.long)
-            for i, r in enumerate(rows):
-                out[i, : len(r)] = torch.as_tensor(r)
-            return out
-        if head == "token_multilabel":
-            k = np.asarray(rows[0]).shape[1]
-            out = torch.full((len(rows), length, k), -100.0)
-            for i, r in enumerate(rows):
-                out[i, : len(r)] = torch.as_tensor(np.asarray(r, dtype=np.float32))
-            return out
-        if head == "sequence":
-            return torch.as_tensor(np.asarray(rows), dtype=torch.long)
-        return torch.as_tensor(np.asarray(rows, dtype=np.float32))
+
+class MultitaskLoss(TrainingLoss):
+    """The model's weighted sum of per-task losses; records each task's loss for the logs (and DWA) and, with
+    PCGrad, returns a loss whose gradient on the shared encoder is the projected one."""
+
+    labels_to_model = True
+
+    def __init__(self, names: list[str], pcgrad: bool, seed: int) -> None:
+        from hf_tune.multitask import TaskLossMeter
+
+        self.meter = TaskLossMeter(names)
+        self.pcgrad = pcgrad
+        self.rng = np.random.default_rng(seed)
+        self.model: nn.Module | None = None
+
+    def __call__(self, batch: LossInputs) -> torch.Tensor:
+        from hf_tune.multitask import pcgrad_surrogate
+
+        model = getattr(batch.model, "module", batch.model)  # DDP wraps the model
+        self.model = model
+        loss = batch.outputs.loss
+        if model.training:
+            self.meter.add(batch.outputs.task_losses)
+            if self.pcgrad:
+                shared = [p for p in model.encoder.parameters() if p.requires_grad]
+                loss = pcgrad_surrogate(list(batch.outputs.task_terms.values()), shared, self.rng)
+        return loss
+
+    def take_logs(self) -> dict[str, float]:
+        weights = self.model.loss_weighting.effective_weights() if self.model is not None else {}
+        return {**self.meter.take_logs(), **{f"weight_{n}": round(w, 5) for n, w in weights.items()}}
 
 
-@RECIPES.register("multitask")
+# --------------------------------------------------------------------------------------------------
+# Recipe
+# --------------------------------------------------------------------------------------------------
+
+
+@register_kind
 class MultitaskRecipe(Recipe):
-    task = "multitask"
+    config_cls = MultitaskConfig
     cfg: MultitaskConfig
 
     # ---------------------------------------------------------------- sub-recipes
-    def _sub_config(self, name: str):
-        """The single-task config of task ``name``: its data and loss, the shared encoder's name."""
-        t, m = self.cfg.tasks[name], self.cfg.model
-        model: dict[str, Any] = {"name": m.name}
-        if t.type == "image_classification":
-            model |= {"pretrained": m.pretrained, "in_chans": m.in_chans, "image_size": m.image_size}
-        mapping = {
-            "task": t.type,
-            "recipe": f"{self.cfg.recipe}.{name}",
-            "model": model,
-            "data": dict(t.data),
-            "techniques": {"loss": dataclasses.asdict(t.loss)},
-            "training": {"output_dir": str(self.output_dir / name)},
-        }
-        return from_mapping(mapping, source=f"tasks.{name}")
-
     def _make_subs(self) -> None:
-        from hf_tune.recipes import RECIPES as ALL
-
         self.names = list(self.cfg.tasks)
-        self.subs = {n: ALL.get(self.cfg.tasks[n].type)(self._sub_config(n)) for n in self.names}
+        self.subs: dict[str, Recipe] = {}
+        for n in self.names:
+            cfg, errors = self.cfg.task_config(n)
+            if errors:
+                raise ConfigError(errors)
+            self.subs[n] = RECIPES.get(cfg.task)(cfg)
 
     def headline(self, name: str) -> str:
         """The metric that summarises task ``name`` (tasks.NAME.metric, else its recipe kind's usual one)."""
-        t = self.cfg.tasks[name]
-        return t.metric or HEADLINE_METRICS[t.type]
+        return self.cfg.headline_metrics()[name]
 
     # ---------------------------------------------------------------- data
-    def _setup_data(self) -> None:
+    def prepare_data(self) -> None:
         self._make_subs()
         for n, sub in self.subs.items():
             log(f"task {n} ({self.cfg.tasks[n].type}):")
-            sub._setup_data()
+            sub.prepare_data()
+        modality = self.cfg.modality()
         self.tokenizer = next((getattr(s, "tokenizer", None) for s in self.subs.values()), None)
-        if any(self.cfg.tasks[n].type == "image_classification" for n in self.names):
+        if modality != "text":
             self.tokenizer = None
         self.label_names = []
 
@@ -179,16 +367,12 @@ class MultitaskRecipe(Recipe):
         log(f"multitask: {len(self.names)} tasks, train examples {sizes}")
 
     # ---------------------------------------------------------------- model
-    def _setup_model(self) -> None:
+    def build_model(self) -> None:
         from hf_tune.multihead import MultiHeadModel
 
         m = self.cfg.model
         tasks = {
-            n: {
-                "head": head_type(sub),
-                "labels": list(sub.label_names),
-                "loss_weight": self.cfg.tasks[n].loss_weight,
-            }
+            n: {"head": sub.head.name, "labels": list(sub.label_names), "loss_weight": self.cfg.tasks[n].loss_weight}
             for n, sub in self.subs.items()
         }
         kind, encoder, enc_cfg = self._build_encoder()
@@ -202,10 +386,10 @@ class MultitaskRecipe(Recipe):
             pooling=m.pooling,
             loss_weighting=self.cfg.multitask.weighting,
         )
+        smoothing = float(self.args.label_smoothing_factor)
         for n, sub in self.subs.items():
-            if kind == "image":
-                sub.build_datasets(enc_cfg["pretrained_cfg"])
-            self.model.set_task_loss(n, sub._loss_fn())
+            sub.attach_encoder(enc_cfg)
+            self.model.set_task_loss(n, sub.task_loss(smoothing))
         self._task_datasets()
         total = sum(p.numel() for p in self.model.parameters())
         heads = {n: t["head"] for n, t in tasks.items()}
@@ -217,7 +401,7 @@ class MultitaskRecipe(Recipe):
         from hf_tune.modeling import GRAY_MEAN_STD, load_pretrained
 
         m = self.cfg.model
-        if self.tokenizer is not None:
+        if self.cfg.modality() == "text":
             encoder = load_pretrained(AutoModel, m.name)
             return "text", encoder, encoder.config.to_dict()
         import timm
@@ -239,8 +423,9 @@ class MultitaskRecipe(Recipe):
         }
         return "image", encoder, cfg
 
-    def _loss_fn(self):
-        return None  # per-task losses live in the model (set_task_loss); the trainer records them
+    def training_loss(self):
+        self._loss = MultitaskLoss(self.names, self.cfg.multitask.pcgrad, int(self.args.seed))
+        return self._loss
 
     # ---------------------------------------------------------------- trainer pieces
     def _setup_trainer(self) -> None:
@@ -249,10 +434,10 @@ class MultitaskRecipe(Recipe):
 
         if self.cfg.multitask.weighting == "dwa":
             mt = self.cfg.multitask
-            self.trainer.add_callback(DwaCallback(self._meter, self.names, mt.dwa_interval, mt.dwa_temperature))
+            self.trainer.add_callback(DwaCallback(self._loss.meter, self.names, mt.dwa_interval, mt.dwa_temperature))
 
     def trainer_extras(self) -> dict[str, Any]:
-        from hf_tune.multitask import TaskLossMeter, TaskSampler, sampling_probabilities
+        from hf_tune.multitask import TaskSampler, sampling_probabilities
 
         mt = self.cfg.multitask
         sizes = self.datasets["train"].sizes
@@ -263,7 +448,6 @@ class MultitaskRecipe(Recipe):
             + ": "
             + ", ".join(f"{n}={p:.3f}" for n, p in zip(self.names, probs, strict=True))
         )
-        self._meter = TaskLossMeter(self.names)
         sampler = TaskSampler(
             sizes,
             probs,
@@ -271,7 +455,7 @@ class MultitaskRecipe(Recipe):
             seed=int(self.args.seed),
             epoch_size=mt.epoch_size,
         )
-        return {"train_sampler": sampler, "task_meter": self._meter, "pcgrad": mt.pcgrad}
+        return {"train_sampler": sampler, "log_sources": [self._loss]}
 
     def data_collator(self):
         heads = [self.model.config.tasks[n]["head"] for n in self.names]
@@ -281,11 +465,10 @@ class MultitaskRecipe(Recipe):
         return self.tokenizer
 
     def preprocess_logits(self):
+        reducers = {n: sub.preprocess_logits() for n, sub in self.subs.items()}
+
         def reduce(logits, labels):
-            return {
-                n: self.subs[n]._reduce_logits(v, None) if self.cfg.tasks[n].type == "token_classification" else v
-                for n, v in logits.items()
-            }
+            return {n: v if reducers[n] is None else reducers[n](v, None) for n, v in logits.items()}
 
         return reduce
 
@@ -322,24 +505,51 @@ class MultitaskRecipe(Recipe):
             sub.use_metric_split(split)
 
     def data_summary(self) -> dict[str, dict[str, int]]:
-        return {n: {k: len(v) for k, v in s.datasets.items() if hasattr(v, "__len__")} for n, s in self.subs.items()}
+        return {n: s.data_summary()[""] for n, s in self.subs.items()}
 
     def validation_predictions(self) -> dict[str, tuple[Any, Any, list[str], str]]:
-        from hf_tune.recipes.base import scores_from_logits
-
         out = {}
         for n in self.names:
-            kind, ds = self.subs[n].score_kind(), self.datasets.get("val", {}).get(n)
-            if kind is None or ds is None:
+            head, ds = self.subs[n].head, self.datasets.get("val", {}).get(n)
+            if not head.plots or ds is None:
                 continue
             pred = self.trainer.predict(ds, metric_key_prefix=f"report_{n}")
             names = list(self.model.config.tasks[n]["labels"]) or ["value"]
-            out[n] = (scores_from_logits(pred.predictions[n], kind), pred.label_ids[n], names, kind)
+            out[n] = (head.scores(pred.predictions[n]), pred.label_ids[n], names, head.name)
         return out
 
-    def _save_extras(self, model_dir: Path) -> None:
+    def save_extras(self, model_dir: Path) -> None:
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(model_dir))
+
+    @classmethod
+    def smoke_recipe(cls, folder: Path, text_model: str) -> dict[str, SmokeRun]:
+        """One run with a task per head of every multi-task-capable text kind (the heads share the encoder)."""
+        import yaml
+
+        tasks: dict[str, Any] = {}
+        for kind in RECIPES.names():
+            spec = RECIPES.get(kind).config_cls.spec
+            if not spec.multitask_task or spec.modality != "text":
+                continue
+            for head, run in RECIPES.get(kind).smoke_recipe(folder, text_model).items():
+                data = {}
+                predict_input = run.predict_input
+                for a in run.overrides:
+                    key, _, value = a.partition("=")
+                    if key.startswith("data."):
+                        data[key.removeprefix("data.")] = yaml.safe_load(value)
+                tasks[f"t_{head}"] = {"type": kind, "data": data}
+        recipe = {
+            "task": "multitask",
+            "description": "smoke test: every text head on one encoder",
+            "model": {"name": text_model},
+            "tasks": tasks,
+            "training": {"report_to": "none"},
+        }
+        path = folder / "multitask_smoke.yaml"
+        path.write_text("# Launch: hf-tune train recipe=multitask_smoke.yaml\n" + yaml.safe_dump(recipe))
+        return {"multitask": SmokeRun([f"recipe={path}"], predict_input)}
 
     # ---------------------------------------------------------------- saved-model entry points
     @classmethod
@@ -361,8 +571,7 @@ class MultitaskRecipe(Recipe):
         self._make_subs()
         out: dict[str, Any] = {}
         for n in self._selected(task):
-            res = self.subs[n].evaluate_saved(model_dir, model=TaskHeadView(model, n))
-            out[n] = res
+            out[n] = self.subs[n].evaluate_saved(model_dir, model=TaskHeadView(model, n))
         if task is not None:
             return {"task": task, **out[task]}
         flat: dict[str, Any] = {"split": "+".join(sorted({str(r.get("split")) for r in out.values()}))}
@@ -376,7 +585,6 @@ class MultitaskRecipe(Recipe):
         """Predictions of the selected task, or of every task (each row then carries ``task``)."""
         model = (model or self.load_model(model_dir)).eval()
         self._make_subs()
-        names = self._selected(task)
-        for n in names:
+        for n in self._selected(task):
             for row in self.subs[n].predict(model_dir, source, batch_size, model=TaskHeadView(model, n)):
                 yield row if task is not None else {"task": n, **row}

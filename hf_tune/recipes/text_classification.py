@@ -1,24 +1,74 @@
-"""Sequence classification (single- and multi-label) with any BERT-family encoder."""
+"""Sequence classification (single-label, multi-label, regression) with any BERT-family encoder."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from hf_tune.config import TextClassificationConfig
-from hf_tune.data.documents import carve_list, limit_splits, load_texts
-from hf_tune.data.images import DataError
-from hf_tune.metrics import classification_metrics, multilabel_metrics, regression_metrics, softmax
+from hf_tune.data.documents import limit_splits, load_texts
+from hf_tune.data.splits import carve, concat_items, select, take_items
+from hf_tune.errors import DataError
+from hf_tune.heads import HEADS, SequenceHead
 from hf_tune.modeling import load_pretrained, resolve_model_name
-from hf_tune.recipes.base import RECIPES, Recipe, log
+from hf_tune.recipes.base import Recipe, SmokeRun, register_kind
+from hf_tune.schema import BaseConfig, DataSplitsConfig, KindSpec, TextModelConfig
+from hf_tune.techniques import log
+
+
+@dataclass
+class TextDataConfig(DataSplitsConfig):
+    path: str | None = None
+    """CSV, JSONL, a datasets name/saved folder, or span JSONL with format=spans (each span's text becomes an
+    example labelled with its category)."""
+    format: str = "auto"
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] | None = None
+    """Class names in id order; None: sorted label values seen in training."""
+    multi_label: bool = False
+    """Each example has a list of labels (sigmoid per class): the multi_label head."""
+    regression: bool = False
+    """The label column holds numbers: one regression output trained with mean squared error."""
+    max_length: int = 256
+    """Longer texts are truncated (classification reads the beginning; tag long documents instead)."""
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    span_min_chars: int = 1
+    """format=spans: skip clause texts shorter than this."""
+
+    def head_name(self) -> str:
+        return "regression" if self.regression else "multi_label" if self.multi_label else "single_label"
+
+
+@dataclass
+class TextClassificationConfig(BaseConfig):
+    spec = KindSpec(
+        name="text_classification",
+        modality="text",
+        headline_metric="f1_macro",
+        pipeline_tag="text-classification",
+        example_input='"Neither party may assign this Agreement without prior written consent."',
+        lora_task_type="SEQ_CLS",
+    )
+    model: TextModelConfig = field(default_factory=TextModelConfig)
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+
+    def validate(self) -> list[str]:
+        errors = super().validate() + self.data.split_errors()
+        if self.data.multi_label and self.data.regression:
+            errors.append("data.multi_label and data.regression are both true: choose one")
+        elif not HEADS.get(self.data.head_name()).uses_class_loss and self.techniques.loss.name != "cross_entropy":
+            errors.append("techniques.loss.name: multi_label/regression text tasks use the head's BCE/MSE loss")
+        return errors
 
 
 class EncodedTexts(torch.utils.data.Dataset):
-    """Tokenized texts with integer (single-label) or multi-hot float (multi-label) targets."""
+    """Tokenized texts with their targets (class ids, multi-hot rows or values)."""
 
     def __init__(self, encodings: dict[str, list], labels: np.ndarray) -> None:
         self.encodings, self.labels = encodings, labels
@@ -32,26 +82,16 @@ class EncodedTexts(torch.utils.data.Dataset):
         return item
 
 
-def regression_targets(rows: list[dict], source: str, column: str) -> np.ndarray:
-    """Numeric labels as float32, failing on the first value that is not a number."""
-    out = np.empty(len(rows), dtype=np.float32)
-    for i, r in enumerate(rows):
-        try:
-            out[i] = float(r["label"])
-        except (TypeError, ValueError):
-            raise DataError(
-                f"{source}: example {i + 1} has {column}={r['label']!r}, not a number (data.regression=true)"
-            ) from None
-    return out
-
-
-@RECIPES.register("text_classification")
+@register_kind
 class TextClassificationRecipe(Recipe):
-    task = "text_classification"
-    pipeline_task = "text-classification"
+    config_cls = TextClassificationConfig
     cfg: TextClassificationConfig
 
-    def _load_splits(self) -> dict[str, list[dict]]:
+    @property
+    def head(self) -> SequenceHead:
+        return HEADS.get(self.cfg.data.head_name())
+
+    def _source_splits(self) -> dict[str, list[dict]]:
         d = self.cfg.data
         kw = dict(
             text_column=d.text_column,
@@ -62,75 +102,48 @@ class TextClassificationRecipe(Recipe):
         splits = load_texts(d.path, d.format, **kw)
         for name, path in (("val", d.val_path), ("test", d.test_path)):
             if path:
-                splits[name] = load_texts(path, d.format, **kw)["train"]
-        return carve_list(splits, d.split_ratios, d.split_seed)
+                splits[name] = concat_items(list(load_texts(path, d.format, **kw).values()))
+        return splits
 
-    def _targets(self, rows: list[dict], source: str) -> np.ndarray:
-        if self.cfg.data.regression:
-            return regression_targets(rows, source, self.cfg.data.label_column)
-        index = {n: i for i, n in enumerate(self.label_names)}
-        unknown = sorted(
-            {
-                lab
-                for r in rows
-                for lab in (r["label"] if self.cfg.data.multi_label else [r["label"]])
-                if lab not in index
-            }
-        )
-        if unknown:
-            raise DataError(
-                f"{source}: labels {unknown[:10]} are not in the class list {self.label_names}; add them to data.labels"
-            )
-        if self.cfg.data.multi_label:
-            y = np.zeros((len(rows), len(self.label_names)), dtype=np.float32)
-            for i, r in enumerate(rows):
-                y[i, [index[lab] for lab in r["label"]]] = 1.0
-            return y
-        return np.array([index[r["label"]] for r in rows], dtype=np.int64)
+    def _carved(self, splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
+        d = self.cfg.data
+        return carve(splits, d.split_ratios, d.split_seed, d.carve, take_items)
 
-    def _encode(self, rows: list[dict], source: str) -> EncodedTexts:
+    def _encode(self, rows: list[dict], source: str | None) -> EncodedTexts:
         enc = self.tokenizer([r["text"] for r in rows], truncation=True, max_length=self.cfg.data.max_length)
-        return EncodedTexts(dict(enc), self._targets(rows, source))
+        try:
+            targets = self.head.targets([r["label"] for r in rows], self.label_names, str(source))
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        return EncodedTexts(dict(enc), targets)
 
-    def _setup_data(self) -> None:
+    def prepare_data(self) -> None:
         from transformers import AutoTokenizer
 
         d = self.cfg.data
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(self.cfg.model.name))
-        splits = limit_splits(self._load_splits(), d.max_train_samples, d.max_eval_samples, d.split_seed, d.path)
-        seen = sorted({lab for r in splits["train"] for lab in (r["label"] if d.multi_label else [r["label"]])})
-        self.label_names = list(d.labels) if d.labels else seen
+        splits = self._carved(self._source_splits())
+        splits = limit_splits(splits, d.max_train_samples, d.max_eval_samples, d.split_seed, d.path)
         if d.regression:
             self.label_names = list(d.labels) if d.labels else [d.label_column]
+        else:
+            seen = sorted({lab for r in splits["train"] for lab in (r["label"] if d.multi_label else [r["label"]])})
+            self.label_names = list(d.labels) if d.labels else seen
         self.datasets = {name: self._encode(rows, d.path) for name, rows in splits.items()}
         log(f"data: {', '.join(f'{k}={len(v)}' for k, v in splits.items())}; {len(self.label_names)} classes")
 
-    def _setup_model(self) -> None:
+    def build_model(self) -> None:
         from transformers import AutoModelForSequenceClassification
 
         kwargs = {
-            "num_labels": len(self.label_names),
+            "num_labels": self.head.num_outputs(self.label_names),
             "id2label": dict(enumerate(self.label_names)),
             "label2id": {n: i for i, n in enumerate(self.label_names)},
-            "problem_type": self.problem_type(),
+            "problem_type": self.head.problem_type,
         }
         if self.cfg.model.dropout is not None:
             kwargs["classifier_dropout"] = self.cfg.model.dropout
         self.model = load_pretrained(AutoModelForSequenceClassification, self.cfg.model.name, **kwargs)
-
-    def score_kind(self) -> str:
-        d = self.cfg.data
-        return "regression" if d.regression else "multilabel" if d.multi_label else "single"
-
-    def problem_type(self) -> str:
-        d = self.cfg.data
-        if d.regression:
-            return "regression"
-        return "multi_label_classification" if d.multi_label else "single_label_classification"
-
-    def _loss_fn(self):
-        d = self.cfg.data
-        return None if d.multi_label or d.regression else super()._loss_fn()  # the model's BCE / MSE
 
     def train_labels(self):
         return self.datasets["train"].labels
@@ -145,14 +158,24 @@ class TextClassificationRecipe(Recipe):
 
     def compute_metrics(self, eval_pred) -> dict[str, float]:
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        return self.metrics_from_logits(logits, eval_pred.label_ids)
+        return self.head.metrics(logits, eval_pred.label_ids)
 
-    def metrics_from_logits(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        if self.cfg.data.regression:
-            return regression_metrics(logits, labels)
-        if self.cfg.data.multi_label:
-            return multilabel_metrics(logits, labels)
-        return classification_metrics(logits, labels)
+    @classmethod
+    def smoke_recipe(cls, folder: Path, text_model: str) -> dict[str, SmokeRun]:
+        import json
+
+        rows = [
+            {"text": f"clause {i} about {'assignment' if i % 2 else 'payment'} terms", "label": i % 2, "v": i / 10}
+            for i in range(24)
+        ]
+        path = folder / "texts.jsonl"
+        path.write_text("".join(json.dumps(r | {"tags": [str(r["label"]), "x"]}) + "\n" for r in rows))
+        base = ["recipe=clause_type_minilm", f"data.path={path}", "data.format=jsonl", f"model.name={text_model}"]
+        return {
+            "single_label": SmokeRun(base, path),
+            "multi_label": SmokeRun([*base, "data.label_column=tags", "data.multi_label=true"], path),
+            "regression": SmokeRun([*base, "data.label_column=v", "data.regression=true"], path),
+        }
 
     # ---------------------------------------------------------------- saved-model entry points
     @classmethod
@@ -165,22 +188,9 @@ class TextClassificationRecipe(Recipe):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        d = self.cfg.data
-        splits = load_texts(
-            d.path,
-            d.format,
-            text_column=d.text_column,
-            label_column=d.label_column,
-            multi_label=d.multi_label,
-            span_min_chars=d.span_min_chars,
-        )
-        if split == "auto":
-            name = next((s for s in ("test", "val") if s in splits), "train")
-            return ("all" if len(splits) == 1 else name), self._encode(splits[name], d.path)
-        carved = carve_list(splits, d.split_ratios, d.split_seed)
-        if split not in carved:
-            raise DataError(f"data.split={split}: {d.path} gives splits {sorted(carved)}")
-        return split, self._encode(carved[split], d.path)
+        splits = self._source_splits()
+        name, rows = select(splits, split, carved=self._carved, concat=concat_items, source=self.cfg.data.path)
+        return name, self._encode(rows, self.cfg.data.path)
 
     def predict(self, model_dir: Path, source: str, batch_size: int = 32, model=None) -> Iterator[dict[str, Any]]:
         from transformers import AutoTokenizer
@@ -203,18 +213,4 @@ class TextClassificationRecipe(Recipe):
             with torch.no_grad():
                 logits = model(**batch).logits.float().numpy()
             for doc, row in zip(chunk, logits, strict=True):
-                yield {"id": doc.id, **self.format_prediction(row, names)}
-
-    def format_prediction(self, row: np.ndarray, names: list[str]) -> dict[str, Any]:
-        """One example's logits as JSON: label and scores, the labels above 0.5, or the regressed value."""
-        if self.cfg.data.regression:
-            return {"value": float(row[0])} if len(row) == 1 else {n: float(v) for n, v in zip(names, row, strict=True)}
-        if self.cfg.data.multi_label:
-            p = 1 / (1 + np.exp(-row))
-            return {
-                "labels": [n for n, v in zip(names, p, strict=True) if v >= 0.5],
-                "scores": {n: float(v) for n, v in zip(names, p, strict=True)},
-            }
-        p = softmax(row[None])[0]
-        k = int(np.argmax(p))
-        return {"label": names[k], "score": float(p[k]), "scores": {n: float(v) for n, v in zip(names, p, strict=True)}}
+                yield {"id": doc.id, **self.head.format_prediction(row, names)}

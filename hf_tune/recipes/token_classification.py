@@ -2,42 +2,102 @@
 
 Documents are tokenized whole, cut into overlapping windows for training, and stitched back at
 evaluation/prediction so every token gets exactly one decision, from the window where it is most
-central. Metrics are exact-match character spans (see hf_tune.data.spans.span_metrics).
+central. What a token predicts (BIO tags, or B/I sigmoids per category) is the tagging head's business
+(hf_tune.heads); metrics are exact-match character spans (see hf_tune.data.spans.span_metrics).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from hf_tune.config import TokenClassificationConfig
-from hf_tune.data.documents import carve_documents, limit_splits, load_documents
-from hf_tune.data.images import DataError
+from hf_tune.data.documents import limit_splits, load_documents, read_documents_for_prediction
 from hf_tune.data.spans import (
     IGNORE,
     Document,
     Span,
-    bio_labels,
-    bio_token_labels,
-    decode_bio,
-    decode_multilabel,
     first_subword_mask,
-    multilabel_labels,
-    multilabel_token_labels,
     seqeval_f1,
     span_metrics,
     stitch_owner,
     window_starts,
 )
+from hf_tune.data.splits import carve, concat_items, select, take_items
+from hf_tune.errors import DataError
+from hf_tune.heads import HEADS, TaggingHead
 from hf_tune.losses import masked_bce
 from hf_tune.modeling import load_pretrained, resolve_model_name
-from hf_tune.recipes.base import RECIPES, Recipe, log
+from hf_tune.recipes.base import Recipe, SmokeRun, register_kind
+from hf_tune.schema import BaseConfig, DataSplitsConfig, KindSpec, TextModelConfig
+from hf_tune.techniques import log
+
+
+@dataclass
+class TokenDataConfig(DataSplitsConfig):
+    path: str | None = None
+    """Training documents: span JSONL, a CoNLL column file, or a datasets name/saved folder."""
+    format: str = "auto"
+    """jsonl (character spans), conll (token + tag columns), hf (datasets token/tag columns); auto: by path."""
+    text_field: str = "text"
+    spans_field: str = "spans"
+    start_key: str = "start"
+    end_key: str = "end"
+    category_key: str = "category"
+    tokens_column: str = "tokens"
+    tags_column: str = "ner_tags"
+    categories: list[str] | None = None
+    """Categories in label order; None: every category seen in the training data, sorted."""
+    scheme: Literal["bio", "multilabel"] = "bio"
+    """bio: one label per token, overlapping spans resolved first-come (the bio_tagging head);
+    multilabel: B/I sigmoids per category, overlaps kept (the multilabel_tagging head)."""
+    label_all_subwords: bool = False
+    """false: only the first subword of each word carries a label (the rest inherit at prediction)."""
+    window: int = 256
+    """Tokens per window including [CLS] and [SEP]."""
+    stride: int = 128
+    """Step between window starts; windows overlap by window - 2 - stride tokens."""
+    negative_window_keep: float = 1.0
+    """Share of training windows without any span to keep (seeded); lower it when 'O' dominates."""
+    max_train_docs: int | None = None
+    """Use a seeded subset of the training documents (CPU-sized runs)."""
+    max_eval_docs: int | None = None
+    threshold: float = 0.5
+    """multilabel: sigmoid threshold for B/I decisions."""
+
+    def head_name(self) -> str:
+        return "bio_tagging" if self.scheme == "bio" else "multilabel_tagging"
+
+
+@dataclass
+class TokenClassificationConfig(BaseConfig):
+    spec = KindSpec(
+        name="token_classification",
+        modality="text",
+        headline_metric="span_f1_micro",
+        pipeline_tag="token-classification",
+        example_input='"This Agreement shall be governed by the laws of the State of Delaware."',
+        pipeline_kwargs='aggregation_strategy="first"',
+        predict_note=" (long documents are windowed and stitched)",
+        lora_task_type="TOKEN_CLS",
+    )
+    model: TextModelConfig = field(default_factory=TextModelConfig)
+    data: TokenDataConfig = field(default_factory=TokenDataConfig)
+
+    def validate(self) -> list[str]:
+        errors = super().validate() + self.data.split_errors()
+        d = self.data
+        if not 0 < d.stride <= d.window - 2:
+            errors.append(f"data.stride must be in (0, data.window - 2], got stride={d.stride}, window={d.window}")
+        if not 0.0 <= d.negative_window_keep <= 1.0:
+            errors.append("data.negative_window_keep must be in [0, 1]")
+        if not HEADS.get(d.head_name()).uses_class_loss and self.techniques.loss.class_weights is not None:
+            errors.append("techniques.loss.class_weights applies to the bio scheme only (multilabel uses sigmoids)")
+        return errors
 
 
 @dataclass
@@ -62,76 +122,57 @@ def encode_document(tokenizer, doc: Document, window: int, stride: int) -> Encod
     )
 
 
-def inherit_first_subword(tags: list[str], first: list[bool]) -> list[str]:
-    """Continuation subwords take their word's decision (a B- becomes I-), as they were not trained."""
-    out, prev = [], "O"
-    for tag, is_first in zip(tags, first, strict=True):
-        if is_first:
-            prev = tag
-            out.append(tag)
-        else:
-            out.append("O" if prev == "O" else "I-" + prev[2:])
-    return out
+class TokenCollator:
+    """Pads input ids with the tokenizer and token labels with the head's own collation (-100 padding)."""
 
-
-class MultiLabelTokenCollator:
-    """Pads input ids with the tokenizer and (T, K) label matrices with rows of -100."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer, head: TaggingHead) -> None:
+        self.tokenizer, self.head = tokenizer, head
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        labels = [f["labels"] for f in features] if "labels" in features[0] else None
         batch = self.tokenizer.pad(
             [{k: v for k, v in f.items() if k != "labels"} for f in features], return_tensors="pt"
         )
-        if labels is not None:
-            t, k = batch["input_ids"].shape[1], np.asarray(labels[0]).shape[1]
-            out = torch.full((len(labels), t, k), float(IGNORE))
-            for i, lab in enumerate(labels):
-                out[i, : len(lab)] = torch.as_tensor(np.asarray(lab))
-            batch["labels"] = out
+        if "labels" in features[0]:
+            batch["labels"] = self.head.collate([f["labels"] for f in features], batch["input_ids"].shape[1])
         return batch
 
 
-@RECIPES.register("token_classification")
+@register_kind
 class TokenClassificationRecipe(Recipe):
-    task = "token_classification"
-    pipeline_task = "token-classification"
+    config_cls = TokenClassificationConfig
     cfg: TokenClassificationConfig
+
+    @property
+    def head(self) -> TaggingHead:
+        return HEADS.get(self.cfg.data.head_name())
 
     # ---------------------------------------------------------------- data
     def _source_kwargs(self) -> dict[str, str]:
         """The data.* field/column names every document loader accepts."""
-        d = self.cfg.data
-        return {
-            k: getattr(d, k)
-            for k in (
-                "text_field",
-                "spans_field",
-                "start_key",
-                "end_key",
-                "category_key",
-                "tokens_column",
-                "tags_column",
-            )
-        }
+        keys = ("text_field", "spans_field", "start_key", "end_key", "category_key", "tokens_column", "tags_column")
+        return {k: getattr(self.cfg.data, k) for k in keys}
 
-    def _load_splits(self) -> dict[str, list[Document]]:
+    def _source_splits(self) -> dict[str, list[Document]]:
         d = self.cfg.data
         kw = self._source_kwargs()
         splits = load_documents(d.path, d.format, **kw)
         for name, path in (("val", d.val_path), ("test", d.test_path)):
             if path:
-                splits[name] = load_documents(path, d.format, **kw)["train"]
-        return carve_documents(splits, d.split_ratios, d.split_seed)
+                splits[name] = concat_items(list(load_documents(path, d.format, **kw).values()))
+        return splits
 
-    def _setup_data(self) -> None:
+    def _carved(self, splits: dict[str, list[Document]]) -> dict[str, list[Document]]:
+        d = self.cfg.data
+        return carve(splits, d.split_ratios, d.split_seed, d.carve, take_items)
+
+    def prepare_data(self) -> None:
         from transformers import AutoTokenizer
 
         d = self.cfg.data
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(self.cfg.model.name))
-        splits = limit_splits(self._load_splits(), d.max_train_docs, d.max_eval_docs, d.split_seed, d.path)
+        splits = limit_splits(
+            self._carved(self._source_splits()), d.max_train_docs, d.max_eval_docs, d.split_seed, d.path
+        )
         seen = sorted({s.category for doc in splits["train"] for s in doc.spans})
         self.categories = list(d.categories) if d.categories else seen
         unknown = sorted(set(seen) - set(self.categories))
@@ -142,48 +183,37 @@ class TokenClassificationRecipe(Recipe):
             )
         if not self.categories:
             raise DataError(f"{d.path}: the training documents have no spans")
-        self.label_names = (bio_labels if d.scheme == "bio" else multilabel_labels)(self.categories)
+        self.label_names = self.head.label_names(self.categories)
         self.encoded = {
             n: [encode_document(self.tokenizer, doc, d.window, d.stride) for doc in docs] for n, docs in splits.items()
         }
         self.datasets = {"train": self._train_windows(self.encoded["train"])}
-        self._eval_meta: dict[str, list[EncodedDoc]] = {}
         for s in ("val", "test"):
             if s in self.encoded:
                 self.datasets[s] = self._eval_windows(self.encoded[s])
+        self._metric_docs = self.encoded.get("val", [])
         n_tok = sum(len(e.ids) for e in self.encoded["train"])
         log(
             f"data: {', '.join(f'{k}={len(v)} docs' for k, v in splits.items())}; {n_tok} train tokens, "
-            f"{len(self.datasets['train'])} train windows; {len(self.categories)} categories; scheme={d.scheme}"
+            f"{len(self.datasets['train'])} train windows; {len(self.categories)} categories; head={self.head.name}"
         )
 
-    def _token_labels(self, e: EncodedDoc) -> np.ndarray | list[int]:
+    def _token_labels(self, e: EncodedDoc) -> np.ndarray:
         # Eval documents may hold categories the model does not know: they get no label here but stay
         # in the gold spans, where they count as misses.
         known = set(self.categories)
-        spans = [s for s in e.doc.spans if s.category in known]
-        if self.cfg.data.scheme == "bio":
-            lab = bio_token_labels(e.offsets, spans, {n: i for i, n in enumerate(self.label_names)})
-            if not self.cfg.data.label_all_subwords:
-                lab = [x if f else IGNORE for x, f in zip(lab, e.first, strict=True)]
-            return lab
-        lab = multilabel_token_labels(
-            e.offsets, [s for s in e.doc.spans if s.category in self.categories], self.categories
-        )
+        labels = self.head.token_labels(e.offsets, [s for s in e.doc.spans if s.category in known], self.categories)
         if not self.cfg.data.label_all_subwords:
-            lab[~np.asarray(e.first, dtype=bool)] = IGNORE
-        return lab
+            labels[~np.asarray(e.first, dtype=bool)] = IGNORE
+        return labels
 
-    def _window_feature(self, e: EncodedDoc, a: int, b: int, labels=None) -> dict[str, Any]:
+    def _window_feature(self, e: EncodedDoc, a: int, b: int, labels: np.ndarray | None = None) -> dict[str, Any]:
         tok = self.tokenizer
         ids = [tok.cls_token_id, *e.ids[a:b], tok.sep_token_id]
         f: dict[str, Any] = {"input_ids": ids, "attention_mask": [1] * len(ids)}
         if labels is not None:
-            if self.cfg.data.scheme == "bio":
-                f["labels"] = [IGNORE, *labels[a:b], IGNORE]
-            else:
-                pad = np.full((1, labels.shape[1]), IGNORE, dtype=np.float32)
-                f["labels"] = np.concatenate([pad, labels[a:b], pad])
+            pad = np.full((1, *labels.shape[1:]), IGNORE, dtype=labels.dtype)
+            f["labels"] = np.concatenate([pad, labels[a:b], pad])
         return f
 
     def _train_windows(self, encoded: list[EncodedDoc]) -> list[dict]:
@@ -192,11 +222,8 @@ class TokenClassificationRecipe(Recipe):
         out = []
         for e in encoded:
             labels = self._token_labels(e)
-            arr = np.asarray(labels)
             for a, b in e.windows:
-                part = arr[a:b]
-                positive = (part > 0).any() if self.cfg.data.scheme == "bio" else (part == 1).any()
-                if positive or rng.random() < keep:
+                if self.head.is_positive(labels[a:b]) or rng.random() < keep:
                     out.append(self._window_feature(e, a, b, labels))
         return out
 
@@ -209,7 +236,7 @@ class TokenClassificationRecipe(Recipe):
         return out
 
     # ---------------------------------------------------------------- model
-    def _setup_model(self) -> None:
+    def build_model(self) -> None:
         from transformers import AutoModelForTokenClassification
 
         kwargs = {
@@ -221,48 +248,33 @@ class TokenClassificationRecipe(Recipe):
             kwargs["classifier_dropout"] = self.cfg.model.dropout
         self.model = load_pretrained(AutoModelForTokenClassification, self.cfg.model.name, **kwargs)
 
-    def _loss_fn(self):
-        if self.cfg.data.scheme == "bio":
-            return super()._loss_fn()
-        lc = self.cfg.techniques.loss
+    def task_loss(self, label_smoothing: float):
+        if self.head.uses_class_loss:
+            return super().task_loss(label_smoothing)
+        lc = self.cfg.techniques.loss  # sigmoid tags: masked BCE, focal when asked (the model has no such loss)
         gamma = lc.focal_gamma if lc.name == "focal" else 0.0
         return lambda logits, labels: masked_bce(logits, labels, gamma)
 
     def train_labels(self):
-        return [x for e in self.datasets["train"] for x in e["labels"]]
+        return np.concatenate([np.asarray(e["labels"]).reshape(-1) for e in self.datasets["train"]])
 
     def data_collator(self):
-        from transformers import DataCollatorForTokenClassification
-
-        if self.cfg.data.scheme == "multilabel":
-            return MultiLabelTokenCollator(self.tokenizer)
-        return DataCollatorForTokenClassification(self.tokenizer)
+        return TokenCollator(self.tokenizer, self.head)
 
     def processing_class(self):
         return self.tokenizer
 
     def preprocess_logits(self):
-        # Reduce logits before Trainer gathers them: (argmax, max prob) or sigmoid probabilities.
-        self._metric_docs = self.encoded.get("val", [])
-        return self._reduce_logits
+        # Reduce logits before Trainer gathers them: (tag, probability) or sigmoid probabilities per token.
+        return lambda logits, labels: self.head.reduce(logits)
 
     def data_summary(self) -> dict[str, dict[str, int]]:
         out = {f"{k} documents": len(v) for k, v in self.encoded.items()}
         return {"": out | {f"{k} windows": len(v) for k, v in self.datasets.items()}}
 
-    def score_kind(self) -> None:
-        return None  # the report shows per-category span F1 from the metrics instead of curves
-
     def use_metric_split(self, split: str) -> None:
         """compute_metrics maps window predictions back to the documents of this split."""
         self._metric_docs = self.encoded.get(split, [])
-
-    def _reduce_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.cfg.data.scheme == "multilabel":
-            return logits.float().sigmoid()
-        p = logits.float().softmax(-1)
-        score, idx = p.max(-1)
-        return torch.stack([idx.float(), score], dim=-1)
 
     # ---------------------------------------------------------------- decoding and metrics
     def decode(self, e: EncodedDoc, window_outputs: list[np.ndarray]) -> list[tuple[Span, float]]:
@@ -271,26 +283,13 @@ class TokenClassificationRecipe(Recipe):
         if n == 0:
             return []
         owner = stitch_owner(e.windows, n)
-        k = window_outputs[0].shape[-1]
-        tok = np.zeros((n, k), dtype=np.float32)
+        tok = np.zeros((n, window_outputs[0].shape[-1]), dtype=np.float32)
         for w, (a, b) in enumerate(e.windows):
             mine = np.flatnonzero(owner[a:b] == w)
             tok[a + mine] = window_outputs[w][mine]
         d = self.cfg.data
-        if d.scheme == "bio":
-            tags = [self.label_names[int(i)] for i in tok[:, 0]]
-            if not d.label_all_subwords:
-                tags = inherit_first_subword(tags, e.first)
-            return decode_bio(tags, e.offsets, tok[:, 1])
-        if not d.label_all_subwords:  # continuation subwords copy their word's I, never start a span
-            last = 0
-            for t in range(n):
-                if e.first[t]:
-                    last = t
-                else:
-                    tok[t, 1::2] = tok[last, 1::2]
-                    tok[t, 0::2] = 0.0
-        return decode_multilabel(tok, e.offsets, self.categories, d.threshold)
+        first = None if d.label_all_subwords else e.first
+        return self.head.decode(tok, e.offsets, first, self.categories, d.threshold)
 
     def compute_metrics(self, eval_pred) -> dict[str, float]:
         preds = eval_pred.predictions
@@ -313,6 +312,33 @@ class TokenClassificationRecipe(Recipe):
             out["seqeval_f1"] = seqeval_f1(pred_sets, gold_sets, [d.text for d in docs])
         return out
 
+    @classmethod
+    def smoke_recipe(cls, folder: Path, text_model: str) -> dict[str, SmokeRun]:
+        import json
+
+        sentence = "This Agreement shall be governed by the laws of Delaware ."
+        filler = "Notices shall be sent to the addresses above ."
+        docs = []
+        for i in range(12):
+            text = f"{filler} {sentence} {filler}" if i % 2 else f"{sentence} {filler}"
+            start = text.index(sentence)
+            docs.append({"text": text, "spans": [{"start": start, "end": start + len(sentence), "category": "Law"}]})
+        path = folder / "docs.jsonl"
+        path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+        base = [
+            "recipe=contract_clauses_minilm",
+            f"data.path={path}",
+            f"model.name={text_model}",
+            "data.window=32",
+            "data.stride=16",
+            "data.max_train_docs=null",
+            "data.max_eval_docs=null",
+        ]
+        return {
+            "bio_tagging": SmokeRun(base, path),
+            "multilabel_tagging": SmokeRun([*base, "data.scheme=multilabel"], path),
+        }
+
     # ---------------------------------------------------------------- saved-model entry points
     @classmethod
     def load_model(cls, model_dir: Path):
@@ -326,43 +352,27 @@ class TokenClassificationRecipe(Recipe):
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         cfg = self.model.config
         self.label_names = [cfg.id2label[i] for i in range(cfg.num_labels)]
-        if self.cfg.data.scheme == "bio":
-            self.categories = [n[2:] for n in self.label_names if n.startswith("B-")]
-        else:
-            self.categories = [n[2:] for n in self.label_names[0::2]]
+        self.categories = self.head.categories(self.label_names)
 
     def evaluate_saved(self, model_dir: Path, model=None) -> dict[str, Any]:
         self.model = (model or self.load_model(model_dir)).eval()
         self._restore_labels(model_dir)
-        docs = self._eval_documents()
-        pred_sets = [{s for s, _ in spans} for spans in self._predict_docs(docs)]
-        metrics = self._metrics(pred_sets, [set(e.doc.spans) for e in docs], [e.doc for e in docs])
-        return {"split": self._eval_split_name, "num_documents": len(docs), **metrics}
-
-    def _eval_documents(self) -> list[EncodedDoc]:
         d = self.cfg.data
-        kw = self._source_kwargs()
-        splits = load_documents(d.path, d.format, **kw)
-        if d.split == "auto":
-            name = next((s for s in ("test", "val") if s in splits), "train") if len(splits) > 1 else "train"
-            docs, self._eval_split_name = splits[name], ("all" if len(splits) == 1 else name)
-        else:
-            carved = carve_documents(splits, d.split_ratios, d.split_seed)
-            if d.split not in carved:
-                raise DataError(f"data.split={d.split}: {d.path} gives splits {sorted(carved)}")
-            docs, self._eval_split_name = carved[d.split], d.split
-        return [encode_document(self.tokenizer, doc, d.window, d.stride) for doc in docs]
+        name, docs = select(self._source_splits(), d.split, carved=self._carved, concat=concat_items, source=d.path)
+        encoded = [encode_document(self.tokenizer, doc, d.window, d.stride) for doc in docs]
+        pred_sets = [{s for s, _ in spans} for spans in self._predict_docs(encoded)]
+        metrics = self._metrics(pred_sets, [set(e.doc.spans) for e in encoded], docs)
+        return {"split": name, "num_documents": len(docs), **metrics}
 
     def _predict_docs(self, encoded: list[EncodedDoc], batch_size: int = 16) -> Iterator[list[tuple[Span, float]]]:
-        model = self.model
         for e in encoded:
             feats = [self._window_feature(e, a, b) for a, b in e.windows]
             outs: list[np.ndarray] = []
             for start in range(0, len(feats), batch_size):
                 batch = self.tokenizer.pad(feats[start : start + batch_size], return_tensors="pt")
                 with torch.no_grad():
-                    logits = model(**batch).logits
-                red = self._reduce_logits(logits, None).numpy()
+                    logits = self.model(**batch).logits
+                red = self.head.reduce(logits).numpy()
                 for j, f in enumerate(feats[start : start + batch_size]):
                     outs.append(red[j][1 : len(f["input_ids"]) - 1])
             yield self.decode(e, outs) if outs else []
@@ -387,24 +397,3 @@ class TokenClassificationRecipe(Recipe):
                     for s, score in spans
                 ],
             }
-
-
-def read_documents_for_prediction(source: str, text_field: str = "text") -> Iterator[Document]:
-    """A .jsonl of objects with a text field, a plain text file (one document), or a folder of .txt files."""
-    p = Path(source)
-    if p.is_dir():
-        files = sorted(p.rglob("*.txt"))
-        if not files:
-            raise DataError(f"{source}: no .txt files found")
-        for f in files:
-            yield Document(f.read_text(encoding="utf-8"), [], str(f))
-    elif p.suffix.lower() in (".jsonl", ".json"):
-        with open(p, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if line.strip():
-                    obj = json.loads(line)
-                    if text_field not in obj:
-                        raise DataError(f"{source}:{n}: no {text_field!r} field; set data.text_field")
-                    yield Document(obj[text_field], [], str(obj.get("id", obj.get("title", n))))
-    else:
-        yield Document(p.read_text(encoding="utf-8"), [], str(p))

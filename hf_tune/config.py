@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from hf_tune.recipes import RECIPES
 from hf_tune.registry import did_you_mean
 from hf_tune.schema import FINAL_MODEL_DIR, RESOLVED_CONFIG_NAME, BaseConfig, ConfigError
-from hf_tune._walk_tmp import build, check_training_args
+from hf_tune.typecheck import build, check_training_args
 
 RECIPES_DIR_ENV = "HF_TUNE_RECIPES"
 

@@ -316,8 +316,6 @@ class BaseConfig:
             errors.append("techniques.freeze.first_n_blocks must be >= 0")
         if tech.lora.enabled and (tech.freeze.first_n_blocks or tech.freeze.embeddings):
             errors.append("techniques.lora.enabled already freezes the base model: drop techniques.freeze.*")
-        if tech.lora.enabled and self.spec.modality != "text":
-            errors.append(f"techniques.lora: LoRA targets BERT-family projections; not available for {self.task}")
         return errors
 
     def output_dir(self) -> Path:

@@ -116,3 +116,11 @@ def test_resolved_config_round_trips(tmp_path: Path):
 
 def test_available_recipes_contains_shipped():
     assert {"quickstart", "pneumonia_resnet18", "pneumonia_resnet50"} <= set(available_recipes())
+
+
+def test_structural_and_semantic_errors_come_back_together():
+    with pytest.raises(ConfigError) as exc:
+        load_config(["recipe=quickstart", "model.nmae=x", "model.image_size=big", "resume=true", "overwrite=true"])
+    msg = str(exc.value)
+    assert "3 problem(s)" in msg
+    assert 'model.nmae: unknown key (did you mean "name"?)' in msg and "resume=true and overwrite=true" in msg

@@ -28,7 +28,7 @@ from hf_tune.registry import did_you_mean
 from hf_tune.schema import BaseConfig, KindSpec, LossConfig, to_dict
 from hf_tune.techniques import log
 from hf_tune.trainer import LossInputs, TrainingLoss
-from hf_tune._walk_tmp import build
+from hf_tune.typecheck import build
 
 # --------------------------------------------------------------------------------------------------
 # Schema

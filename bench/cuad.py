@@ -51,7 +51,7 @@ def run_hf_tune(train: Path, test: Path, steps: int, win: int, overrides: list[s
     out = tempfile.mkdtemp(prefix="hf_tune_bench_cuad_")
     cfg = load_config(
         [
-            "recipe=contract_clauses_minilm",
+            "recipe=contract_tagging_minilm",
             f"data.path={train}",
             f"data.val_path={test}",
             "data.split_ratios=[1.0,0.0,0.0]",

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 def _args(model, data: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "recipe=contract_clauses_minilm",
+        "recipe=contract_tagging_minilm",
         f"model.name={model}",
         f"data.path={data}",
         "data.window=32",

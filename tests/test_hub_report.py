@@ -190,7 +190,7 @@ def _token_and_multitask_args(kind, model, data, out):
         "training.disable_tqdm=true",
     ]
     if kind == "token":
-        return ["recipe=contract_clauses_minilm", f"data.path={data}", "data.window=32", "data.stride=15", *common]
+        return ["recipe=contract_tagging_minilm", f"data.path={data}", "data.window=32", "data.stride=15", *common]
     extra = [f"tasks.{t}.data.path={data}" for t in ("clauses", "clause_types")]
     return [
         "recipe=contracts_multitask",

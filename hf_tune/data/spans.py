@@ -219,8 +219,9 @@ def stitch_owner(windows: Sequence[tuple[int, int]], n_tokens: int) -> np.ndarra
 
 
 def span_metrics(pred: Sequence[set[Span]], gold: Sequence[set[Span]], categories: Sequence[str]) -> dict[str, float]:
-    """Micro and macro P/R/F1 for exact (category, start, end) matches, per category F1, and overlap F1
-    (same category, character IoU >= 0.5) for comparison with looser evaluations."""
+    """Micro and macro P/R/F1 for exact (category, start, end) matches, per category F1, overlap F1
+    (same category, character IoU >= 0.5) for comparison with looser evaluations, and the numbers of
+    predicted and gold spans."""
     per = {c: [0, 0, 0] for c in categories}  # tp, fp, fn
     o_hits = n_pred = n_gold = 0
     for p, g in zip(pred, gold, strict=True):
@@ -237,6 +238,7 @@ def span_metrics(pred: Sequence[set[Span]], gold: Sequence[set[Span]], categorie
     present = [c for c, v in per.items() if v[0] + v[2] > 0]  # categories with gold spans
     out["span_f1_macro"] = float(np.mean([_f1(*per[c]) for c in present])) if present else 0.0
     out["overlap_f1"] = _div(2 * o_hits, n_pred + n_gold)
+    out["predicted_spans"], out["gold_spans"] = float(n_pred), float(n_gold)  # "found nothing" vs "found wrong"
     for c in present:
         out[f"f1_{c}"] = _f1(*per[c])
     return out

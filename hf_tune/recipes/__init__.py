@@ -1,6 +1,7 @@
 """Recipe kinds. Importing this package registers every recipe class in ``RECIPES`` (one module per kind)."""
 
 from hf_tune.recipes import (  # noqa: F401  (importing registers the recipe classes)
+    clause_extraction,
     image_classification,
     multitask,
     text_classification,

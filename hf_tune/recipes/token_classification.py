@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from hf_tune.data.clauses import cuad_metrics
 from hf_tune.data.documents import limit_splits, load_documents, read_documents_for_prediction
 from hf_tune.data.spans import (
     IGNORE,
@@ -326,7 +327,7 @@ class TokenClassificationRecipe(Recipe):
         path = folder / "docs.jsonl"
         path.write_text("".join(json.dumps(d) + "\n" for d in docs))
         base = [
-            "recipe=contract_clauses_minilm",
+            "recipe=contract_tagging_minilm",
             f"data.path={path}",
             f"model.name={text_model}",
             "data.window=32",
@@ -360,8 +361,12 @@ class TokenClassificationRecipe(Recipe):
         d = self.cfg.data
         name, docs = select(self._source_splits(), d.split, carved=self._carved, concat=concat_items, source=d.path)
         encoded = [encode_document(self.tokenizer, doc, d.window, d.stride) for doc in docs]
-        pred_sets = [{s for s, _ in spans} for spans in self._predict_docs(encoded)]
-        metrics = self._metrics(pred_sets, [set(e.doc.spans) for e in encoded], docs)
+        predicted = list(self._predict_docs(encoded))
+        metrics = self._metrics(
+            [{s for s, _ in spans} for spans in predicted], [set(e.doc.spans) for e in encoded], docs
+        )
+        # CUAD's word-level Jaccard >= 0.5 matching and its confidence-ranked curves, for comparison across kinds
+        metrics |= cuad_metrics(predicted, [d.spans for d in docs], [d.text for d in docs], self.categories)
         return {"split": name, "num_documents": len(docs), **metrics}
 
     def _predict_docs(self, encoded: list[EncodedDoc], batch_size: int = 16) -> Iterator[list[tuple[Span, float]]]:

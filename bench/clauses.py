@@ -1,0 +1,151 @@
+"""CUAD clause extraction on a CPU budget: the shipped ``contract_clauses_minilm`` recipe (clause_extraction) vs
+the frozen-sentence baseline (``../shared/bench/baseline_sentence_cuad.py``), through the CLI a user runs.
+
+The contracts of ``cuad_train.jsonl`` are split once (seed 1234, the split of ``bench/cuad.py``) into training and
+held-out contracts. Rows (one JSON line each):
+
+- ``ceiling``: the best an oracle could score with this representation (gold unit labels for unit categories,
+  gold BIO tags on the opening tokens for token categories), decoded the same way, on the held-out contracts;
+- ``baseline``: the shared frozen-sentence logistic-regression script on ``--baseline-docs`` training contracts;
+- ``recipe``: ``hf-tune train recipe=contract_clauses_minilm`` with its own defaults (plus ``--overrides``) on the
+  training contracts, then ``hf-tune evaluate`` on the held-out ones; training wall time includes the encoder
+  pass (feature caching).
+
+Usage: python bench/clauses.py [--data ../shared/data/cuad/cuad_train.jsonl] [--heldout 41] [--skip-baseline]
+                               [--baseline-docs 100] [--overrides k=v ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+DEFAULT_DATA = SHARED / "data" / "cuad" / "cuad_train.jsonl"
+BASELINE = SHARED / "bench" / "baseline_sentence_cuad.py"
+
+
+def split(data: Path, heldout: int, out: Path) -> tuple[Path, Path]:
+    lines = [line for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
+    order = list(range(len(lines)))
+    random.Random(1234).shuffle(order)
+    train, test = out / "train.jsonl", out / "heldout.jsonl"
+    test.write_text("".join(lines[i] + "\n" for i in order[:heldout]))
+    train.write_text("".join(lines[i] + "\n" for i in order[heldout:]))
+    return train, test
+
+
+def ceiling(test: Path, model_dir: Path) -> dict:
+    """Oracle decisions in the trained model's representation, decoded like its predictions."""
+    sys.path.insert(0, str(REPO))
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from hf_tune.clause_model import ClauseExtractorModel
+    from hf_tune.data.clauses import decode_units, segment, unit_targets
+    from hf_tune.data.documents import load_documents
+    from hf_tune.data.spans import bio_labels, bio_token_labels, decode_bio, span_metrics
+    from hf_tune.heads import inherit_first_subword
+
+    model = ClauseExtractorModel.from_pretrained(str(model_dir))
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    c = model.config
+    docs = load_documents(str(test), "jsonl")["train"]
+    names = bio_labels(c.token_categories)
+    index = {n: i for i, n in enumerate(names)}
+    pred = []
+    for d in docs:
+        units = segment(d.text, c.unit_pattern)
+        y = unit_targets(units, d.spans, c.unit_categories)
+        spans = decode_units(y, units, c.unit_categories, [0.5] * len(c.unit_categories))
+        enc = tok(d.text[: 12 * c.token_tokens], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        offsets = [tuple(o) for o in enc["offset_mapping"][: c.token_tokens]]
+        first = [bool(x) for x in _first(enc.word_ids()[: c.token_tokens])]
+        gold_tags = bio_token_labels(offsets, [s for s in d.spans if s.category in c.token_categories], index)
+        tags = inherit_first_subword([names[t] for t in gold_tags], first)
+        spans += decode_bio(tags, offsets, np.ones(len(tags)))
+        pred.append({s for s, _ in spans})
+    m = span_metrics(pred, [set(d.spans) for d in docs], c.unit_categories + c.token_categories)
+    return {"row": "ceiling", "exact_f1": m["span_f1_micro"], "overlap_f1": m["overlap_f1"]}
+
+
+def _first(word_ids):
+    from hf_tune.data.spans import first_subword_mask
+
+    return first_subword_mask(word_ids)
+
+
+def baseline(train: Path, test: Path, n_docs: int) -> dict:
+    t0 = time.time()
+    out = subprocess.run(
+        [sys.executable, str(BASELINE), str(train), str(test), str(n_docs)], capture_output=True, text=True, check=True
+    ).stdout
+    rows = re.findall(
+        r"thr ([\d.]+): predicted (\d+) spans \(gold (\d+)\), exact F1 ([\d.]+), overlap F1 ([\d.]+)", out
+    )
+    best = max(rows, key=lambda r: float(r[3]))
+    return {
+        "row": "baseline_sentence_logreg",
+        "train_docs": n_docs,
+        "threshold": float(best[0]),
+        "exact_f1": float(best[3]),
+        "overlap_f1": float(best[4]),
+        "predicted_spans": int(best[1]),
+        "gold_spans": int(best[2]),
+        "wall_s": round(time.time() - t0, 1),
+        "note": "best threshold on the held-out contracts themselves (the script's own sweep): optimistic",
+    }
+
+
+def recipe(train: Path, test: Path, run: Path, overrides: list[str]) -> dict:
+    t0 = time.time()
+    cmd = ["hf-tune", "train", "recipe=contract_clauses_minilm", f"data.path={train}", f"training.output_dir={run}"]
+    proc = subprocess.run([*cmd, *overrides], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(proc.stderr[-3000:])
+    train_s = time.time() - t0
+    encoded = [int(n.replace(",", "")) for n in re.findall(r"encoded \d+ documents: ([\d,]+) tokens", proc.stderr)]
+    t1 = time.time()
+    ev = subprocess.run(
+        ["hf-tune", "evaluate", str(run), f"data.path={test}"], capture_output=True, text=True, check=True
+    ).stdout
+    m = json.loads(ev.strip().splitlines()[-1])
+    keys = ("span_f1_micro", "overlap_f1", "jaccard_f1", "aupr", "precision_at_80_recall", "precision_at_90_recall")
+    return {
+        "row": "contract_clauses_minilm",
+        "overrides": overrides,
+        **{k: m[k] for k in keys},
+        "predicted_spans": m["predicted_spans"],
+        "gold_spans": m["gold_spans"],
+        "train_minutes": round(train_s / 60, 2),
+        "encoder_tokens_per_s": round(sum(encoded) / max(train_s, 1e-9), 1),
+        "evaluate_s": round(time.time() - t1, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--heldout", type=int, default=41)
+    ap.add_argument("--baseline-docs", type=int, default=100)
+    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--overrides", nargs="*", default=[])
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="hf_tune_bench_clauses_"))
+    train, test = split(args.data, args.heldout, tmp)
+    if not args.skip_baseline:
+        print(json.dumps(baseline(train, test, args.baseline_docs)), flush=True)
+    print(json.dumps(recipe(train, test, tmp / "run", args.overrides)), flush=True)
+    print(json.dumps(ceiling(test, tmp / "run" / "model")), flush=True)
+
+
+if __name__ == "__main__":
+    main()

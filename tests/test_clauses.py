@@ -1,0 +1,78 @@
+"""Clause extraction pieces with known answers: units, unit targets, decoding, CUAD metrics."""
+
+import numpy as np
+import pytest
+
+from hf_tune.data.clauses import (
+    aupr,
+    cuad_metrics,
+    decode_units,
+    jaccard,
+    match_jaccard,
+    precision_at_recall,
+    precision_recall_curve,
+    segment,
+    unit_targets,
+)
+from hf_tune.data.spans import Span
+
+TEXT = "1. Term. This lasts a year.\n\n2. Law. Delaware law governs; no other law applies.\n(a) Notices go by mail."
+
+
+def test_segment_splits_on_sentences_blank_lines_and_numbered_items():
+    units = segment(TEXT)
+    texts = [TEXT[a:b] for a, b in units]
+    assert texts == [
+        "1.",
+        "Term.",
+        "This lasts a year.",
+        "2.",
+        "Law.",
+        "Delaware law governs; no other law applies.",  # no unit break before a lower-case word
+        "(a) Notices go by mail.",
+    ]
+    assert all(not TEXT[a].isspace() and not TEXT[b - 1].isspace() for a, b in units)
+
+
+def test_unit_targets_mark_inside_units_and_the_first_one():
+    units = segment(TEXT)
+    law = Span(TEXT.index("Delaware"), TEXT.index("applies.") + len("applies."), "Law")
+    term = Span(TEXT.index("Term"), TEXT.index("year.") + len("year."), "Term")
+    y = unit_targets(units, [law, term, Span(0, 1, "Other")], ["Law", "Term", "Other"])
+    assert y[:, 1].tolist() == [0, 0, 0, 0, 0, 1, 0]  # I-Law
+    assert y[:, 3].tolist() == [0, 1, 1, 0, 0, 0, 0]  # I-Term over two units
+    assert y[:, 2].tolist() == [0, 1, 0, 0, 0, 0, 0]  # B-Term only on the first of them
+    assert y[:, 5].sum() == 0  # "1" is not more than half of its unit "1."
+
+
+def test_decode_units_merges_consecutive_units_and_splits_on_begin():
+    units = [(0, 10), (11, 20), (21, 30), (31, 40)]
+    probs = np.array([[0.9, 0.9], [0.1, 0.8], [0.9, 0.9], [0.0, 0.1]])  # B, I of one category
+    spans = decode_units(probs, units, ["Law"], [0.5])
+    assert [s for s, _ in spans] == [Span(0, 20, "Law"), Span(21, 30, "Law")]
+    assert spans[0][1] == pytest.approx(np.mean([0.9, 0.8]))
+    assert decode_units(probs, units, ["Law"], [0.95]) == []
+
+
+def test_jaccard_and_greedy_matching():
+    assert jaccard("Delaware law governs", "the law of Delaware governs") == pytest.approx(3 / 5)
+    hits = match_jaccard([("law of Delaware", 0.9), ("Delaware law", 0.8), ("unrelated text", 0.7)], ["Delaware law"])
+    assert hits == [True, False, False]  # one gold span is matched once, by the most confident prediction
+
+
+def test_precision_recall_aupr_and_precision_at_recall():
+    p, r = precision_recall_curve([0.9, 0.8, 0.7, 0.6], [True, False, True, False], n_gold=2)
+    assert p.tolist() == [1.0, 0.5, pytest.approx(2 / 3), 0.5] and r.tolist() == [0.5, 0.5, 1.0, 1.0]
+    assert aupr(p, r) == pytest.approx(0.5 * 1.0 + 0.5 * (2 / 3))
+    assert precision_at_recall(p, r, 0.8) == pytest.approx(2 / 3)
+    assert precision_at_recall(p, r, 0.5) == 1.0
+    assert precision_at_recall(np.array([1.0]), np.array([0.4]), 0.8) == 0.0
+
+
+def test_cuad_metrics_on_hand_made_predictions():
+    text = "Delaware law governs. Either party may terminate. Fees are due monthly."
+    gold = [[Span(0, 21, "Law"), Span(22, 49, "Termination")]]
+    pred = [[(Span(0, 12, "Law"), 0.9), (Span(50, 72, "Termination"), 0.4)]]
+    m = cuad_metrics(pred, gold, [text], ["Law", "Termination"])
+    assert m["jaccard_precision"] == 0.5 and m["jaccard_recall"] == 0.5  # "Delaware law" ~ 2/3 of the words
+    assert m["aupr"] == pytest.approx((1.0 + 0.0) / 2)

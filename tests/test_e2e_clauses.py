@@ -1,0 +1,76 @@
+"""Clause extraction end to end on a tiny BERT: cached features, threshold tuning, evaluate and predict."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hf_tune.cli import main
+from hf_tune.config import load_config
+from hf_tune.recipes import RECIPES
+
+pytestmark = pytest.mark.slow
+
+
+def _args(model, data, out, *extra):
+    return [
+        "recipe=contract_clauses_minilm",
+        f"model.name={model}",
+        "model.hidden=16",
+        f"data.path={data}",
+        "data.max_train_docs=null",
+        "data.max_eval_docs=null",
+        "data.split_ratios=[0.75,0.25,0.0]",
+        f"training.output_dir={out}",
+        "training.num_train_epochs=3",
+        "training.disable_tqdm=true",
+        *extra,
+    ]
+
+
+def test_cached_features_equal_the_live_encoder_and_are_reused(tiny_bert, contracts_jsonl, tmp_path, monkeypatch):
+    cfg = load_config(_args(tiny_bert, contracts_jsonl, tmp_path / "run"))
+    recipe = RECIPES.get(cfg.task)(cfg)
+    recipe.args = recipe.training_args()
+    recipe.prepare_data()
+    f = recipe.features["train"][0]
+    units, live = recipe._probe.unit_features(recipe.tokenizer, f.doc.text)
+    offsets, first, states = recipe._probe.token_features(recipe.tokenizer, f.doc.text)
+    assert units == f.units and offsets == f.offsets and first == f.first
+    np.testing.assert_allclose(f.unit_features, live, atol=2e-3, rtol=2e-3)  # cached in float16
+    np.testing.assert_allclose(f.token_states, states, atol=2e-3, rtol=2e-3)
+    assert len(list((tmp_path / "run" / "features").glob("*.npz"))) == 24
+
+    again = RECIPES.get(cfg.task)(cfg)
+    again.args = again.training_args()
+    from hf_tune.clause_model import ClauseExtractorModel
+
+    def refuse(*a, **k):
+        raise AssertionError("the encoder ran although the features were cached")
+
+    monkeypatch.setattr(ClauseExtractorModel, "unit_features", refuse)
+    again.prepare_data()
+    np.testing.assert_allclose(again.features["train"][0].unit_features, f.unit_features, atol=2e-3, rtol=2e-3)
+
+
+def test_train_evaluate_predict(tiny_bert, contracts_jsonl, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *_args(tiny_bert, contracts_jsonl, run)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("eval_span_f1_micro", "eval_overlap_f1", "eval_jaccard_f1", "eval_aupr", "eval_gold_spans"):
+        assert key in out, key
+    thresholds = json.loads((run / "model" / "config.json").read_text())["thresholds"]
+    assert thresholds and all(0 < t < 1 for t in thresholds.values())  # tuned on val and saved with the model
+
+    assert main(["evaluate", str(run), f"data.path={contracts_jsonl}"]) == 0
+    ev = json.loads(capsys.readouterr().out.strip())
+    assert ev["split"] == "all" and ev["num_documents"] == 24 and ev["gold_spans"] > 0
+    assert {"precision_at_80_recall", "precision_at_90_recall", "predicted_spans"} <= set(ev)
+
+    docs = [json.loads(line) for line in contracts_jsonl.read_text().splitlines()]
+    assert main(["predict", str(run), str(contracts_jsonl)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(rows) == 24
+    for row, doc in zip(rows, docs, strict=True):
+        for s in row["spans"]:
+            assert doc["text"][s["start"] : s["end"]] == s["text"] and 0 <= s["score"] <= 1

@@ -264,3 +264,20 @@ def read_documents_for_prediction(source: str, text_field: str = "text") -> Iter
                     yield Document(obj[text_field], [], str(obj.get("id", obj.get("title", n))))
     else:
         yield Document(p.read_text(encoding="utf-8"), [], str(p))
+
+
+def prediction_row(doc: Document, spans: list[tuple[Span, float]]) -> dict[str, Any]:
+    """One document's predicted spans as the JSON row ``hf-tune predict`` writes (``text`` is the source slice)."""
+    return {
+        "id": doc.id,
+        "spans": [
+            {
+                "start": s.start,
+                "end": s.end,
+                "category": s.category,
+                "text": doc.text[s.start : s.end],
+                "score": round(score, 6),
+            }
+            for s, score in spans
+        ],
+    }

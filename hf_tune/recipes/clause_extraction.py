@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from hf_tune.data.clauses import cuad_metrics, decode_units, unit_targets
-from hf_tune.data.documents import limit_splits, load_documents, read_documents_for_prediction
+from hf_tune.data.documents import limit_splits, load_documents, prediction_row, read_documents_for_prediction
 from hf_tune.data.spans import IGNORE, Document, Span, bio_labels, bio_token_labels, span_metrics
 from hf_tune.data.splits import carve, concat_items, select, take_items
 from hf_tune.errors import DataError
@@ -465,19 +465,7 @@ class ClauseExtractionRecipe(Recipe):
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         for doc in read_documents_for_prediction(source, self.cfg.data.text_field):
             spans = model.extract(tokenizer, doc.text)
-            yield {
-                "id": doc.id,
-                "spans": [
-                    {
-                        "start": s.start,
-                        "end": s.end,
-                        "category": s.category,
-                        "text": doc.text[s.start : s.end],
-                        "score": round(score, 6),
-                    }
-                    for s, score in spans
-                ],
-            }
+            yield prediction_row(doc, spans)
 
 
 def document_metrics(

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hf_tune.data.clauses import cuad_metrics
-from hf_tune.data.documents import limit_splits, load_documents, read_documents_for_prediction
+from hf_tune.data.documents import limit_splits, load_documents, prediction_row, read_documents_for_prediction
 from hf_tune.data.spans import (
     IGNORE,
     Document,
@@ -389,16 +389,4 @@ class TokenClassificationRecipe(Recipe):
         for doc in read_documents_for_prediction(source, d.text_field):
             e = encode_document(self.tokenizer, doc, d.window, d.stride)
             spans = next(self._predict_docs([e], batch_size))
-            yield {
-                "id": doc.id,
-                "spans": [
-                    {
-                        "start": s.start,
-                        "end": s.end,
-                        "category": s.category,
-                        "text": doc.text[s.start : s.end],
-                        "score": round(score, 6),
-                    }
-                    for s, score in spans
-                ],
-            }
+            yield prediction_row(doc, spans)

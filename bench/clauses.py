@@ -1,18 +1,22 @@
-"""CUAD clause extraction on a CPU budget: the shipped ``contract_clauses_minilm`` recipe (clause_extraction) vs
-the frozen-sentence baseline (``../shared/bench/baseline_sentence_cuad.py``), through the CLI a user runs.
+"""CUAD clause extraction on a CPU budget: the shipped ``contract_clauses_minilm`` recipe, one row per lever taken
+out of it, and the frozen-sentence baseline (``../shared/bench/baseline_sentence_cuad.py``), all through the CLI a
+user runs and scored on the same held-out contracts.
 
 The contracts of ``cuad_train.jsonl`` are split once (seed 1234, the split of ``bench/cuad.py``) into training and
 held-out contracts. Rows (one JSON line each):
 
+- ``baseline_sentence_logreg``: the shared script on ``--baseline-docs`` training contracts;
+- ``recipe``: ``hf-tune train recipe=contract_clauses_minilm`` with its own defaults (plus ``--overrides``), then
+  ``hf-tune evaluate`` on the held-out contracts; training wall time includes the encoder pass (feature caching);
+- ``recipe_no_decoding_tuning``: the same trained model evaluated with fragment merging and minimum lengths off;
+- one row per ablation in ``--rows`` (``ROWS``: the recipe with one lever removed), trained on the features the
+  recipe row cached (``data.feature_cache``), so their training minutes are head training only;
 - ``ceiling``: the best an oracle could score with this representation (gold unit labels for unit categories,
-  gold BIO tags on the opening tokens for token categories), decoded the same way, on the held-out contracts;
-- ``baseline``: the shared frozen-sentence logistic-regression script on ``--baseline-docs`` training contracts;
-- ``recipe``: ``hf-tune train recipe=contract_clauses_minilm`` with its own defaults (plus ``--overrides``) on the
-  training contracts, then ``hf-tune evaluate`` on the held-out ones; training wall time includes the encoder
-  pass (feature caching).
+  gold BIO tags on the opening tokens for token categories), decoded the same way, on the held-out contracts.
 
 Usage: python bench/clauses.py [--data ../shared/data/cuad/cuad_train.jsonl] [--heldout 41] [--skip-baseline]
-                               [--baseline-docs 100] [--overrides k=v ...]
+                               [--baseline-docs 100] [--rows no_fine_units no_crf ...] [--feature-cache DIR]
+                               [--skip-recipe] [--overrides k=v ...]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,7 +55,7 @@ def ceiling(test: Path, model_dir: Path) -> dict:
     from transformers import AutoTokenizer
 
     from hf_tune.clause_model import ClauseExtractorModel
-    from hf_tune.data.clauses import decode_units, segment, unit_targets
+    from hf_tune.data.clauses import SEGMENTERS, decode_units, unit_targets
     from hf_tune.data.documents import load_documents
     from hf_tune.data.spans import bio_labels, bio_token_labels, decode_bio, span_metrics
     from hf_tune.heads import inherit_first_subword
@@ -63,7 +68,7 @@ def ceiling(test: Path, model_dir: Path) -> dict:
     index = {n: i for i, n in enumerate(names)}
     pred = []
     for d in docs:
-        units = segment(d.text, c.unit_pattern)
+        units = SEGMENTERS.get(c.segmenter)(d.text)
         y = unit_targets(units, d.spans, c.unit_categories)
         spans = decode_units(y, units, c.unit_categories, [0.5] * len(c.unit_categories))
         enc = tok(d.text[: 12 * c.token_tokens], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
@@ -105,30 +110,62 @@ def baseline(train: Path, test: Path, n_docs: int) -> dict:
     }
 
 
-def recipe(train: Path, test: Path, run: Path, overrides: list[str]) -> dict:
+# The recipe with one lever taken out (each trained on the recipe row's cached features).
+ROWS = {
+    "no_fine_units": ["model.segmenter=sentences"],  # units = sentences / blank lines / numbered lines
+    "no_crf": ["model.token_crf=false"],  # names and dates: per-token argmax instead of the CRF path
+    "no_context": ["model.context_layers=0"],  # each unit decided alone, no document-level GRU
+    "no_pos_weight": ["model.unit_pos_weight=1", "model.token_pos_weight=1"],  # no up-weighting of rare positives
+    "today_2026_11_25": [  # the recipe before these levers: sentence units, no CRF, no decoding tuning
+        "model.segmenter=sentences",
+        "model.token_crf=false",
+        "data.tune_decoding=false",
+    ],
+}
+KEYS = ("span_f1_micro", "overlap_f1", "jaccard_f1", "aupr", "precision_at_80_recall", "precision_at_90_recall")
+
+
+def evaluate(run_model: Path, test: Path) -> tuple[dict, float]:
+    t0 = time.time()
+    ev = subprocess.run(
+        ["hf-tune", "evaluate", str(run_model), f"data.path={test}"], capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(ev.strip().splitlines()[-1]), time.time() - t0
+
+
+def recipe(row: str, train: Path, test: Path, run: Path, overrides: list[str], cache: Path | None) -> dict:
     t0 = time.time()
     cmd = ["hf-tune", "train", "recipe=contract_clauses_minilm", f"data.path={train}", f"training.output_dir={run}"]
+    if cache is not None:
+        cmd.append(f"data.feature_cache={cache}")
     proc = subprocess.run([*cmd, *overrides], capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     train_s = time.time() - t0
     encoded = [int(n.replace(",", "")) for n in re.findall(r"encoded \d+ documents: ([\d,]+) tokens", proc.stderr)]
-    t1 = time.time()
-    ev = subprocess.run(
-        ["hf-tune", "evaluate", str(run), f"data.path={test}"], capture_output=True, text=True, check=True
-    ).stdout
-    m = json.loads(ev.strip().splitlines()[-1])
-    keys = ("span_f1_micro", "overlap_f1", "jaccard_f1", "aupr", "precision_at_80_recall", "precision_at_90_recall")
+    m, eval_s = evaluate(run, test)
     return {
-        "row": "contract_clauses_minilm",
+        "row": row,
         "overrides": overrides,
-        **{k: m[k] for k in keys},
+        **{k: m[k] for k in KEYS},
         "predicted_spans": m["predicted_spans"],
         "gold_spans": m["gold_spans"],
         "train_minutes": round(train_s / 60, 2),
-        "encoder_tokens_per_s": round(sum(encoded) / max(train_s, 1e-9), 1),
-        "evaluate_s": round(time.time() - t1, 1),
+        "features": "computed" if encoded else "cached",
+        "encoder_tokens_per_s": round(sum(encoded) / max(train_s, 1e-9), 1) if encoded else None,
+        "evaluate_s": round(eval_s, 1),
     }
+
+
+def without_decoding_tuning(run: Path, test: Path, out: Path) -> dict:
+    """The trained model evaluated with fragment merging and minimum span lengths switched off."""
+    shutil.copytree(run, out, ignore=shutil.ignore_patterns("checkpoint-*", "features"))
+    config = out / "model" / "config.json"
+    c = json.loads(config.read_text())
+    c["merge_gap"], c["min_chars"] = 0, {}
+    config.write_text(json.dumps(c))
+    m, _ = evaluate(out, test)
+    return {"row": "recipe_no_decoding_tuning", **{k: m[k] for k in KEYS}, "predicted_spans": m["predicted_spans"]}
 
 
 def main() -> None:
@@ -138,13 +175,23 @@ def main() -> None:
     ap.add_argument("--baseline-docs", type=int, default=100)
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--overrides", nargs="*", default=[])
+    ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--skip-recipe", action="store_true", help="only the ablation rows (on --feature-cache)")
+    ap.add_argument("--feature-cache", type=Path, default=None, help="default: the recipe row's own cache")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hf_tune_bench_clauses_"))
     train, test = split(args.data, args.heldout, tmp)
     if not args.skip_baseline:
         print(json.dumps(baseline(train, test, args.baseline_docs)), flush=True)
-    print(json.dumps(recipe(train, test, tmp / "run", args.overrides)), flush=True)
-    print(json.dumps(ceiling(test, tmp / "run" / "model")), flush=True)
+    cache = args.feature_cache
+    if not args.skip_recipe:
+        run = tmp / "run"
+        print(json.dumps(recipe("recipe", train, test, run, args.overrides, cache)), flush=True)
+        print(json.dumps(without_decoding_tuning(run, test, tmp / "run_no_decoding_tuning")), flush=True)
+        print(json.dumps(ceiling(test, run / "model")), flush=True)
+        cache = cache or run / "features"
+    for row in args.rows:
+        print(json.dumps(recipe(row, train, test, tmp / row, [*ROWS[row], *args.overrides], cache)), flush=True)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from hf_tune.data.clauses import UNIT_BOUNDARY, decode_units, segment
+from hf_tune.crf import CRF, compact
+from hf_tune.data.clauses import SEGMENTERS, decode_units
 from hf_tune.data.spans import IGNORE, Span, bio_labels, decode_bio, first_subword_mask
-from hf_tune.heads import inherit_first_subword
+from hf_tune.heads import inherit_first_score, inherit_first_subword
 
 
 class ClauseExtractorConfig(PretrainedConfig):
@@ -40,11 +41,14 @@ class ClauseExtractorConfig(PretrainedConfig):
         hidden: width of the unit head (and of the token head's hidden layer).
         context_layers: bidirectional GRU layers over the units of a document (0: each unit alone).
         dropout: dropout in both heads.
-        unit_pattern: the regular expression that ends a unit (hf_tune.data.clauses.UNIT_BOUNDARY).
+        segmenter: how a document is cut into units (a name in hf_tune.data.clauses.SEGMENTERS).
         unit_max_tokens: tokens of a unit the encoder reads (longer units are truncated for their embedding).
         token_tokens: how many opening tokens of a document the token head tags.
         thresholds: per unit category, the probability above which a unit is inside a clause (tuned on the
             validation split after training).
+        merge_gap: fragments of one unit category at most this many units apart are one span (tuned on val).
+        min_chars: per unit category, spans shorter than this are dropped (from the training spans' lengths).
+        token_crf: decode the token head with a linear-chain CRF (valid BIO paths) instead of per-token argmax.
         unit_pos_weight, token_pos_weight: weight of positive targets in the two losses (clauses are rare).
     """
 
@@ -58,12 +62,15 @@ class ClauseExtractorConfig(PretrainedConfig):
         hidden: int = 192,
         context_layers: int = 2,
         dropout: float = 0.2,
-        unit_pattern: str = UNIT_BOUNDARY,
+        segmenter: str | None = None,
         unit_max_tokens: int = 128,
         token_tokens: int = 1020,
         thresholds: dict[str, float] | None = None,
         unit_pos_weight: float = 20.0,
         token_pos_weight: float = 2.0,
+        merge_gap: int = 0,
+        min_chars: dict[str, int] | None = None,
+        token_crf: bool = False,
         **kwargs: Any,
     ) -> None:
         self.encoder = encoder or {}
@@ -72,12 +79,17 @@ class ClauseExtractorConfig(PretrainedConfig):
         self.hidden = hidden
         self.context_layers = context_layers
         self.dropout = dropout
-        self.unit_pattern = unit_pattern
+        # models saved before segmenters had names stored the sentence pattern as unit_pattern
+        legacy = kwargs.pop("unit_pattern", None)
+        self.segmenter = segmenter or ("sentences" if legacy else "fine")
         self.unit_max_tokens = unit_max_tokens
         self.token_tokens = token_tokens
         self.thresholds = dict(thresholds or {})
         self.unit_pos_weight = unit_pos_weight
         self.token_pos_weight = token_pos_weight
+        self.merge_gap = merge_gap
+        self.min_chars = dict(min_chars or {})
+        self.token_crf = token_crf
         super().__init__(**kwargs)
 
     @property
@@ -137,6 +149,7 @@ class ClauseExtractorModel(PreTrainedModel):
         )
         # one GRU layer over the token states keeps a name's tags together (an MLP per token fragments them)
         self.token_head = ContextHead(width, config.hidden, 1, config.dropout, len(config.token_labels))
+        self.crf = CRF(config.token_labels) if config.token_crf and config.token_categories else None
         self.post_init()
 
     @classmethod
@@ -179,7 +192,11 @@ class ClauseExtractorModel(PreTrainedModel):
                 losses.append((per * mask).sum() / mask.sum().clamp_min(1.0))
         if token_features is not None and token_features.shape[0]:
             token_logits = self.token_head(token_features)
-            if token_labels is not None and (token_labels != IGNORE).any():
+            if token_labels is not None and (token_labels != IGNORE).any() and self.crf is not None:
+                keep = token_labels != IGNORE  # labelled first subwords: the CRF runs over words
+                emissions, mask = compact(token_logits, keep)
+                losses.append(self.crf.nll(emissions, compact(token_labels, keep)[0], mask))
+            elif token_labels is not None and (token_labels != IGNORE).any():
                 k = token_logits.shape[-1]
                 weight = torch.full((k,), self.config.token_pos_weight, device=token_logits.device)
                 weight[0] = 1.0  # "O"
@@ -199,7 +216,7 @@ class ClauseExtractorModel(PreTrainedModel):
     def unit_features(self, tokenizer, text: str, batch_size: int = 64) -> tuple[list[tuple[int, int]], np.ndarray]:
         """The document's units and their features: mean-pooled encoder states (each unit read alone, up to
         ``unit_max_tokens`` tokens; batches sorted by length to avoid padding) plus the relative position."""
-        units = segment(text, self.config.unit_pattern)
+        units = SEGMENTERS.get(self.config.segmenter)(text)
         width = self.encoder.config.hidden_size
         feats = np.zeros((len(units), width + 1), dtype=np.float32)
         order = sorted(range(len(units)), key=lambda i: units[i][1] - units[i][0])
@@ -245,14 +262,24 @@ class ClauseExtractorModel(PreTrainedModel):
         return torch.sigmoid(self.unit_head(x))[0].float().cpu().numpy()
 
     @torch.no_grad()
-    def token_outputs(self, states: np.ndarray) -> np.ndarray:
-        """(T, 2): BIO tag id and its probability per token."""
+    def token_outputs(self, states: np.ndarray, first: list[bool]) -> np.ndarray:
+        """(T, 2): BIO tag id and its probability per token (with the CRF: the best valid path over the
+        document's first subwords, each with its softmax probability; continuation subwords inherit later)."""
         self.eval()
         if not len(states) or not self.config.token_categories:
             return np.zeros((len(states), 2), np.float32)
         logits = self.token_head(torch.as_tensor(states, dtype=torch.float32, device=self.device)[None])[0]
-        score, idx = logits.float().softmax(-1).max(-1)
-        return torch.stack([idx.float(), score], -1).cpu().numpy()
+        probs = logits.float().softmax(-1)
+        score, idx = probs.max(-1)
+        if self.crf is not None and any(first):
+            words = torch.as_tensor(first, dtype=torch.bool, device=logits.device)
+            path = torch.as_tensor(self.crf.decode(logits[words][None], words[words][None])[0], dtype=torch.long)
+            idx = torch.zeros_like(idx)
+            idx[words] = path.to(idx.device)
+            score = probs.gather(-1, idx[:, None])[:, 0]
+        out = torch.stack([idx.float(), score], -1).cpu().numpy()
+        out[:, 1] = inherit_first_score(out[:, 1], first)  # continuation subwords: their word's score
+        return out
 
     def decode(
         self,
@@ -267,7 +294,9 @@ class ClauseExtractorModel(PreTrainedModel):
         value lists candidates for precision-recall curves)."""
         cats = self.config.unit_categories
         t = [threshold if threshold is not None else self.config.thresholds.get(c, 0.5) for c in cats]
-        spans = decode_units(unit_probs, units, cats, t) if cats and len(units) else []
+        c = self.config
+        shortest = [c.min_chars.get(cat, 0) for cat in cats]
+        spans = decode_units(unit_probs, units, cats, t, c.merge_gap, shortest) if cats and len(units) else []
         if self.config.token_categories and len(offsets):
             names = self.config.token_labels
             tags = inherit_first_subword([names[int(i)] for i in token_out[:, 0]], first)
@@ -278,7 +307,7 @@ class ClauseExtractorModel(PreTrainedModel):
         """Clauses of one raw document, as (span, confidence)."""
         units, feats = self.unit_features(tokenizer, text)
         offsets, first, states = self.token_features(tokenizer, text)
-        return self.decode(units, self.unit_probs(feats), offsets, first, self.token_outputs(states), threshold)
+        return self.decode(units, self.unit_probs(feats), offsets, first, self.token_outputs(states, first), threshold)
 
 
 AutoConfig.register(ClauseExtractorConfig.model_type, ClauseExtractorConfig)

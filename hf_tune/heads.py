@@ -8,7 +8,8 @@ new head (a CRF tagger, say) is one registered class.
 
 Sequence heads (one output per example): ``single_label``, ``multi_label``, ``regression``.
 Tagging heads (one output per token): ``bio_tagging`` (softmax over O/B-/I- tags, overlapping spans resolved
-first-come), ``multilabel_tagging`` (a B and an I sigmoid per category, overlaps kept).
+first-come), ``bio_crf_tagging`` (the same tags decoded as whole valid paths by a CRF), ``multilabel_tagging``
+(a B and an I sigmoid per category, overlaps kept).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hf_tune.crf import CRF
 from hf_tune.data.spans import (
     IGNORE,
     Span,
@@ -50,6 +52,8 @@ class Head:
     label_dtype: ClassVar[torch.dtype] = torch.long
     discrete: ClassVar[bool] = True
     """Labels are classes (names mapped to ids); False: numbers (regression)."""
+    in_multitask: ClassVar[bool] = True
+    """The head can be a task of MultiHeadModel (its parameters are all in the model's per-task layer)."""
 
     def num_outputs(self, labels: Sequence[str]) -> int:
         return len(labels)
@@ -203,10 +207,17 @@ class TaggingHead(Head):
         raise NotImplementedError
 
     def decode(
-        self, outputs: np.ndarray, offsets, first: Sequence[bool] | None, categories: Sequence[str], threshold: float
+        self,
+        outputs: np.ndarray,
+        offsets,
+        first: Sequence[bool] | None,
+        categories: Sequence[str],
+        threshold: float,
+        crf: CRF | None = None,
     ) -> list[tuple[Span, float]]:
         """Stitched per-token outputs of one document -> (span, score) pairs. ``first`` marks the first
-        subword of each word when only first subwords were trained (the rest inherit their word's decision)."""
+        subword of each word when only first subwords were trained (the rest inherit their word's decision);
+        ``crf`` holds the transition scores of heads that decode whole paths."""
         raise NotImplementedError
 
 
@@ -241,12 +252,12 @@ class BioTaggingHead(TaggingHead):
         score, idx = logits.float().softmax(-1).max(-1)
         return torch.stack([idx.float(), score], dim=-1)
 
-    def decode(self, outputs, offsets, first, categories, threshold):
+    def decode(self, outputs, offsets, first, categories, threshold, crf=None):
         names = self.label_names(categories)
-        tags = [names[int(i)] for i in outputs[:, 0]]
+        tags, scores = [names[int(i)] for i in outputs[:, 0]], outputs[:, 1]
         if first is not None:
-            tags = inherit_first_subword(tags, first)
-        return decode_bio(tags, offsets, outputs[:, 1])
+            tags, scores = inherit_first_subword(tags, first), inherit_first_score(scores, first)
+        return decode_bio(tags, offsets, scores)
 
 
 class MultiLabelTaggingHead(TaggingHead):
@@ -279,7 +290,7 @@ class MultiLabelTaggingHead(TaggingHead):
     def reduce(self, logits):
         return logits.float().sigmoid()
 
-    def decode(self, outputs, offsets, first, categories, threshold):
+    def decode(self, outputs, offsets, first, categories, threshold, crf=None):
         tok = np.array(outputs, dtype=np.float32)
         if first is not None:  # continuation subwords copy their word's I and never start a span
             last = 0
@@ -292,6 +303,39 @@ class MultiLabelTaggingHead(TaggingHead):
         return decode_multilabel(tok, offsets, categories, threshold)
 
 
+class CrfTaggingHead(BioTaggingHead):
+    """BIO tags decoded as whole paths by a linear-chain CRF (hf_tune.crf): the best path that never puts an
+    I- after a tag it may not follow, so names are not fragmented. The transition scores are parameters of the
+    model (``model.crf``, added by the recipe), so the loss is :func:`hf_tune.crf.crf_tagging_loss` with that
+    module; evaluation gathers the per-token log-probabilities and runs Viterbi over each stitched document."""
+
+    name = "bio_crf_tagging"
+    uses_class_loss = False  # the CRF's path likelihood; class weights / focal / smoothing do not apply
+    in_multitask = False  # the transition scores would need a home in MultiHeadModel
+
+    def loss(self, logits, labels):
+        raise TypeError("bio_crf_tagging needs the model's CRF: use hf_tune.crf.crf_tagging_loss(model.crf, ...)")
+
+    def reduce(self, logits):
+        return logits.float().log_softmax(-1)
+
+    def decode(self, outputs, offsets, first, categories, threshold, crf=None):
+        if crf is None:
+            raise ValueError("bio_crf_tagging decodes with the model's CRF (pass crf=model.crf)")
+        names = self.label_names(categories)
+        emissions = torch.as_tensor(np.asarray(outputs, dtype=np.float32))
+        words = torch.ones(len(emissions), dtype=torch.bool) if first is None else torch.as_tensor(first)
+        ids = np.zeros(len(emissions), dtype=np.int64)
+        if words.any():
+            ids[words.numpy()] = crf.decode(emissions[words][None], words[words][None])[0]
+        probs = np.exp(np.take_along_axis(emissions.numpy(), ids[:, None], 1)[:, 0])
+        tags = [names[i] for i in ids]
+        if first is not None:
+            tags = inherit_first_subword(tags, first)
+            probs = inherit_first_score(probs, first)
+        return decode_bio(tags, offsets, probs)
+
+
 def inherit_first_subword(tags: Sequence[str], first: Sequence[bool]) -> list[str]:
     """Continuation subwords take their word's decision (a B- becomes I-), as they were not trained."""
     out, prev = [], "O"
@@ -302,6 +346,12 @@ def inherit_first_subword(tags: Sequence[str], first: Sequence[bool]) -> list[st
         else:
             out.append("O" if prev == "O" else "I-" + prev[2:])
     return out
+
+
+def inherit_first_score(scores: np.ndarray, first: Sequence[bool]) -> np.ndarray:
+    """Continuation subwords take their word's score (their own outputs were not trained)."""
+    idx = np.maximum.accumulate(np.where(np.asarray(first, dtype=bool), np.arange(len(scores)), 0))
+    return np.asarray(scores)[idx]
 
 
 def _named(names: Sequence[str], values: Sequence[float]) -> dict[str, float]:
@@ -317,5 +367,5 @@ def _check_known(values: Sequence[Any], index: dict[str, int], where: str) -> No
 
 
 HEADS: Registry[Head] = Registry("output head")
-for _cls in (SingleLabelHead, MultiLabelHead, RegressionHead, BioTaggingHead, MultiLabelTaggingHead):
+for _cls in (SingleLabelHead, MultiLabelHead, RegressionHead, BioTaggingHead, CrfTaggingHead, MultiLabelTaggingHead):
     HEADS.add(_cls.name, _cls())

@@ -7,6 +7,7 @@ from hf_tune.data.clauses import (
     aupr,
     cuad_metrics,
     decode_units,
+    fine_units,
     jaccard,
     match_jaccard,
     precision_at_recall,
@@ -32,6 +33,51 @@ def test_segment_splits_on_sentences_blank_lines_and_numbered_items():
         "(a) Notices go by mail.",
     ]
     assert all(not TEXT[a].isspace() and not TEXT[b - 1].isspace() for a, b in units)
+
+
+CONTRACT = (
+    "ARTICLE 5. TERM\n5.1 Term. The term is one year. Acme Inc. and Beta Corp. may renew it; either may end it:  "
+    "(a) on notice; or (b) by agreement.\n(c) The U.S. law applies."
+)
+
+
+def test_fine_units_cut_lines_sentences_items_and_semicolons_but_not_abbreviations():
+    texts = [CONTRACT[a:b] for a, b in fine_units(CONTRACT)]
+    assert texts == [
+        "ARTICLE 5.",
+        "TERM",
+        "5.1",
+        "Term.",
+        "The term is one year.",
+        "Acme Inc. and Beta Corp. may renew it;",  # no cut after "Inc." or "Corp."
+        "either may end it:",
+        "(a)",
+        "on notice;",
+        "or (b) by agreement.",  # an item number after a single space stays inside its unit
+        "(c)",
+        "The U.S. law applies.",
+    ]
+
+
+def test_fine_units_reach_gold_boundaries_that_sentence_units_miss():
+    start = CONTRACT.index("on notice")
+    gold = [Span(start, CONTRACT.index("agreement.") + len("agreement."), "Termination")]
+    for units, exact in ((segment(CONTRACT), False), (fine_units(CONTRACT), True)):
+        y = unit_targets(units, gold, ["Termination"])
+        spans = [s for s, _ in decode_units(y, units, ["Termination"], [0.5])]
+        assert (spans == gold) is exact
+
+
+def test_decode_units_merges_fragments_across_a_gap_and_drops_short_spans():
+    units = [(0, 10), (11, 14), (15, 30), (31, 40), (41, 44)]
+    probs = np.array([[0.9, 0.9], [0.0, 0.2], [0.1, 0.8], [0.0, 0.0], [0.9, 0.9]])
+    spans = [s for s, _ in decode_units(probs, units, ["Law"], [0.5])]
+    assert spans == [Span(0, 10, "Law"), Span(15, 30, "Law"), Span(41, 44, "Law")]
+    merged = [s for s, _ in decode_units(probs, units, ["Law"], [0.5], merge_gap=1)]
+    assert merged == [Span(0, 30, "Law"), Span(41, 44, "Law")]  # a gap of 2 units and a new B stay apart
+    assert [s for s, _ in decode_units(probs, units, ["Law"], [0.5], merge_gap=5)] == merged
+    kept = [s for s, _ in decode_units(probs, units, ["Law"], [0.5], merge_gap=1, min_chars=[5])]
+    assert kept == [Span(0, 30, "Law")]
 
 
 def test_unit_targets_mark_inside_units_and_the_first_one():

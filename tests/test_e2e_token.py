@@ -162,3 +162,73 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def _conll(path: Path, n: int = 40) -> Path:
+    """A CoNLL column file: people and places in short sentences, blank lines between sentences."""
+    people, places = ["John Smith", "Mary Ann Lee", "Bob"], ["Paris", "New York", "Rome"]
+    lines = []
+    for i in range(n):
+        person, place = people[i % 3].split(), places[(i // 3) % 3].split()
+        words = [*person, "lives", "in", *place, "."]
+        tags = [f"{'B' if j == 0 else 'I'}-PER" for j in range(len(person))] + ["O", "O"]
+        tags += [f"{'B' if j == 0 else 'I'}-LOC" for j in range(len(place))] + ["O"]
+        lines += [f"{w} {t}" for w, t in zip(words, tags, strict=True)] + [""]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("scheme", ["bio", "bio_crf"])
+def test_conll_column_file_with_and_without_crf(tiny_bert, tmp_path, capsys, scheme):
+    data, run = _conll(tmp_path / "train.conll"), tmp_path / "run"
+    args = _args(
+        tiny_bert,
+        data,
+        run,
+        f"data.scheme={scheme}",
+        "data.format=conll",
+        "training.max_steps=30",
+        "training.learning_rate=5e-3",
+    )
+    assert main(["train", *args]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"eval_span_f1_micro", "eval_seqeval_f1"} <= set(out)
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert ("hf_tune_crf_labels" in config) == (scheme == "bio_crf")
+
+    # the saved model (CRF included) scores the validation split exactly as training's final evaluation did
+    assert main(["evaluate", str(run), f"data.path={data}", "data.split=val"]) == 0
+    ev = json.loads(capsys.readouterr().out.strip())
+    assert ev["split"] == "val" and ev["seqeval_f1"] == pytest.approx(out["eval_seqeval_f1"])
+    assert ev["span_f1_micro"] == pytest.approx(out["eval_span_f1_micro"])
+
+    text = tmp_path / "doc.txt"
+    text.write_text("Mary Ann Lee lives in Rome . John Smith lives in New York .")
+    assert main(["predict", str(run), str(text)]) == 0
+    row = json.loads(capsys.readouterr().out.strip())
+    for s in row["spans"]:
+        assert text.read_text()[s["start"] : s["end"]] == s["text"] and s["category"] in {"PER", "LOC"}
+
+
+def test_crf_model_reloads_its_transition_scores(tiny_bert, tmp_path, capsys):
+    from hf_tune.recipes.token_classification import TokenClassificationRecipe
+
+    data, run = _conll(tmp_path / "train.conll", 12), tmp_path / "run"
+    assert (
+        main(
+            ["train", *_args(tiny_bert, data, run, "data.scheme=bio_crf", "data.format=conll", "training.max_steps=3")]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    from safetensors.torch import load_file
+
+    saved = load_file(str(run / "model" / "model.safetensors"))
+    model = TokenClassificationRecipe.load_model(run / "model")
+    assert model.crf.transitions.abs().sum() > 0  # trained, not the zero initialisation
+    assert (model.crf.transitions == saved["crf.transitions"]).all() and (model.crf.start == saved["crf.start"]).all()
+    assert (
+        main(["train", *_args(tiny_bert, data, tmp_path / "r2", "data.scheme=bio_crf", "techniques.loss.name=focal")])
+        == 2
+    )
+    assert "data.scheme=bio_crf" in capsys.readouterr().err

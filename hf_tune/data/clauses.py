@@ -1,36 +1,33 @@
 """Clause extraction pieces (pure functions): text units, unit targets, span decoding with per-category
 thresholds, and the CUAD-standard metrics.
 
-Long clause categories are decided per *unit* (a sentence or a numbered item: about 70% of CUAD clause spans
-start and end on such boundaries), short ones (names, dates) per token; both become character spans of the
-same document.
+Long clause categories are decided per *unit* (a sentence, a line, a numbered item or a ';'-separated part:
+most CUAD clause spans start and end on such boundaries), short ones (names, dates) per token; both become
+character spans of the same document.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from hf_tune.data.spans import Span
+from hf_tune.registry import Registry
+
+# --------------------------------------------------------------------------------------------------
+# Units
+# --------------------------------------------------------------------------------------------------
 
 # A unit ends at sentence punctuation followed by an upper-case/number/quote start, at a blank line, or before a
 # line that opens a numbered item ("1.2", "(a)") or an upper-case heading.
 UNIT_BOUNDARY = r"(?<=[.;:])\s+(?=[A-Z(\"0-9])|\n\s*\n|\n(?=\s*(?:\d+(?:\.\d+)*|\([a-z0-9]+\)|[A-Z][A-Z ]{3,})\s)"
 
 
-def segment(text: str, pattern: str = UNIT_BOUNDARY) -> list[tuple[int, int]]:
-    """[start, end) character ranges of the text's units, whitespace stripped, in order."""
-    out, start = [], 0
-    for m in re.finditer(pattern, text):
-        if m.start() > start:
-            out.append((start, m.start()))
-        start = m.end()
-    if start < len(text):
-        out.append((start, len(text)))
+def _strip(text: str, ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     units = []
-    for a, b in out:
+    for a, b in ranges:
         while a < b and text[a].isspace():
             a += 1
         while b > a and text[b - 1].isspace():
@@ -38,6 +35,84 @@ def segment(text: str, pattern: str = UNIT_BOUNDARY) -> list[tuple[int, int]]:
         if b > a:
             units.append((a, b))
     return units
+
+
+def _cut(text: str, cuts: Sequence[int]) -> list[tuple[int, int]]:
+    bounds = [0, *sorted(set(cuts)), len(text)]
+    return _strip(text, list(zip(bounds[:-1], bounds[1:], strict=True)))
+
+
+def segment(text: str, pattern: str = UNIT_BOUNDARY) -> list[tuple[int, int]]:
+    """[start, end) character ranges of the text's units, whitespace stripped, in order: the text cut wherever
+    ``pattern`` matches (the match itself dropped)."""
+    out, start = [], 0
+    for m in re.finditer(pattern, text):
+        if m.start() > start:
+            out.append((start, m.start()))
+        start = m.end()
+    if start < len(text):
+        out.append((start, len(text)))
+    return _strip(text, out)
+
+
+# Words after which a period does not end a sentence ("Acme Inc. and", "U.S. law", "Section No. 5").
+ABBREVIATIONS = frozenset(
+    "inc corp co ltd llc l.l.c l.p lp plc pty n.a n.v b.v s.a s.p.a ag gmbh no nos sec secs art arts para paras "
+    "mr mrs ms dr st jr sr vs v e.g i.e u.s u.k etc approx dept fig ex exh viz cf al assn bros mfg intl ph.d "
+    "jan feb mar apr jun jul aug sep sept oct nov dec".split()
+)
+_ENUMERATOR = r"(?:\((?:[a-zA-Z]{1,4}|\d{1,3})\)|\d{1,3}(?:\.\d{1,3})+\.?)"
+# sentence end: . ! ? (and closing quotes/brackets), space, then what opens a sentence or a list item
+_SENTENCE_END = re.compile(
+    r"(?<=[.!?])([\"\')\]]*)\s+(?=[\"\'(\[]?[A-Z0-9]|\((?:[a-z]{1,4}|\d{1,3})\)\s|[a-z]{1,2}[.)]\s)"
+)
+_MID_LINE_ITEM = re.compile(rf"(?<=\S)\s{{2,}}(?={_ENUMERATOR}\s)")  # "...  (b) the ..." inside one line
+_CLAUSE_BREAK = re.compile(r"(?<=;)\s+|(?<=:)\s+(?=\S)")
+# an item number or heading label at the start of a unit: (a) (iv) 1. 3.3.1 a. A) Section 5. Article IV
+# (used with .match(text, pos), which anchors at pos; a '^' would anchor at the string's start)
+_LEADING_ITEM = re.compile(
+    r"(?:\((?:[a-zA-Z]{1,4}|\d{1,3})\)|(?:section|article)\s+[\dIVXivx]+(?:\.\d+)*\.|\d{1,3}(?:\.\d{1,3})+\.?"
+    r"|\d{1,3}[.)]|[a-zA-Z]{1,3}[.)])\s+",
+    re.IGNORECASE,
+)
+
+
+def _word_before(text: str, i: int) -> str:
+    j = i
+    while j > 0 and not text[j - 1].isspace():
+        j -= 1
+    return text[j:i].rstrip(".!?\"')]").lstrip("(\"'[").lower()
+
+
+def fine_units(text: str) -> list[tuple[int, int]]:
+    """Units cut at every line break, at sentence ends (not after abbreviations such as "Inc." or "U.S." or a
+    single letter), before item numbers inside a line, after ';' and ':', with a unit's leading item number
+    ("(a)", "3.1", "Section 5.") split off as a unit of its own.
+
+    Why this fine: CUAD annotators start a clause after its item number and often end it at a ';' of a list, so
+    these cuts are where gold spans begin and end. On 120 training contracts the best exact-match F1 any unit
+    labelling can reach for the clause categories rises from 0.735 (sentence/blank-line units) to 0.871."""
+    cuts = [m.start() for m in re.finditer(r"\n", text)]
+    for m in _SENTENCE_END.finditer(text):
+        w = _word_before(text, m.start())
+        if w in ABBREVIATIONS or (len(w) == 1 and w.isalpha()) or re.fullmatch(r"(?:[a-z]\.)+[a-z]", w):
+            continue
+        cuts.append(m.end(1))  # closing quotes and brackets stay with their sentence
+    cuts += [m.start() for m in _MID_LINE_ITEM.finditer(text)]
+    cuts += [m.start() for m in _CLAUSE_BREAK.finditer(text)]
+    out = []
+    for a, b in _cut(text, cuts):
+        m = _LEADING_ITEM.match(text, a, b)
+        if m and m.end() < b and text[a : m.end()].strip().rstrip(".)").lower() not in ABBREVIATIONS:
+            out += _strip(text, [(a, m.end()), (m.end(), b)])
+        else:
+            out.append((a, b))
+    return out
+
+
+SEGMENTERS: Registry[Callable[[str], list[tuple[int, int]]]] = Registry("segmenter")
+SEGMENTERS.register("sentences")(segment)
+SEGMENTERS.register("fine", version=2)(fine_units)  # bump the version when fine_units cuts differently
 
 
 def unit_targets(
@@ -68,27 +143,37 @@ def decode_units(
     units: Sequence[tuple[int, int]],
     categories: Sequence[str],
     thresholds: Sequence[float],
+    merge_gap: int = 0,
+    min_chars: Sequence[int] | None = None,
 ) -> list[tuple[Span, float]]:
-    """(n_units, 2C) B/I probabilities -> spans per category: consecutive units above the category's threshold
-    form one span, a B above it starts a new one; the span's score is the mean I probability of its units."""
+    """(n_units, 2C) B/I probabilities -> spans per category, each with a confidence (the mean I probability of
+    its units).
+
+    Consecutive units above the category's threshold form one span, and a B above it starts a new one. Two
+    fragments of one category with at most ``merge_gap`` units between them are one span unless the second
+    starts with a B (a clause interrupted by an item number or a weak sentence stays whole), and spans shorter
+    than the category's ``min_chars`` are dropped (a lone item number is never a clause)."""
     out: list[tuple[Span, float]] = []
     for c, cat in enumerate(categories):
         t = thresholds[c]
         begin, inside = probs[:, 2 * c], probs[:, 2 * c + 1]
-        cur: list | None = None  # [start, end, scores]
-        for k, (a, b) in enumerate(units):
-            on = inside[k] >= t or begin[k] >= t
-            if on and cur is not None and begin[k] < t:
-                cur[1] = b
-                cur[2].append(inside[k])
-                continue
-            if cur is not None:
-                out.append((Span(cur[0], cur[1], cat), float(np.mean(cur[2]))))
-                cur = None
-            if on:
-                cur = [a, b, [max(inside[k], begin[k])]]
-        if cur is not None:
-            out.append((Span(cur[0], cur[1], cat), float(np.mean(cur[2]))))
+        runs: list[list] = []  # [first unit, last unit, scores]
+        for k in np.flatnonzero((inside >= t) | (begin >= t)):
+            new = begin[k] >= t
+            last = runs[-1] if runs else None
+            if last is not None and last[1] == k - 1 and not new:
+                last[1] = k
+                last[2].append(inside[k])
+            elif last is not None and k - last[1] - 1 <= merge_gap and not new:
+                last[1] = k
+                last[2].append(inside[k])
+            else:
+                runs.append([k, k, [max(inside[k], begin[k])]])
+        shortest = min_chars[c] if min_chars is not None else 0
+        for first, last, scores in runs:
+            span = Span(units[first][0], units[last][1], cat)
+            if span.end - span.start >= shortest:
+                out.append((span, float(np.mean(scores))))
     return sorted(out, key=lambda x: (x[0].start, x[0].end, x[0].category))
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_tune.data.clauses import cuad_metrics, decode_units, unit_targets
+from hf_tune.data.clauses import SEGMENTERS, UNIT_BOUNDARY, cuad_metrics, decode_units, unit_targets
 from hf_tune.data.documents import limit_splits, load_documents, prediction_row, read_documents_for_prediction
 from hf_tune.data.spans import IGNORE, Document, Span, bio_labels, bio_token_labels, span_metrics
 from hf_tune.data.splits import carve, concat_items, select, take_items
@@ -43,6 +45,10 @@ class ClauseModelConfig:
     """Width of the heads."""
     context_layers: int = 2
     """Bidirectional GRU layers over the units of a document (0: every unit decided alone)."""
+    segmenter: str = "fine"
+    """How documents are cut into units: fine (lines, sentences, item numbers, ';' parts) or sentences."""
+    token_crf: bool = True
+    """Decode the name/date token head with a CRF (only valid BIO paths) instead of per-token argmax."""
     dropout: float = 0.2
     unit_max_tokens: int = 128
     """Tokens of a unit the encoder reads for its embedding."""
@@ -76,6 +82,12 @@ class ClauseDataConfig(DataSplitsConfig):
     """Units per training sequence for the document-level GRU (documents are cut into chunks of this many)."""
     cache_features: bool = True
     """Keep the encoder outputs under training.output_dir/features, so a resumed run does not recompute them."""
+    feature_cache: str | None = None
+    """Another folder for that cache, shared by runs that use the same encoder on the same documents (a
+    search or an ablation over the heads then reads every contract once); entries are keyed by content."""
+    tune_decoding: bool = True
+    """After the thresholds, also choose on the validation split whether to merge fragments of a clause
+    (model.merge_gap 0-2 units) and to drop spans shorter than the category's shortest training spans."""
 
 
 @dataclass
@@ -107,6 +119,8 @@ class ClauseExtractionConfig(BaseConfig):
             errors.append(f"model.hidden must be an even number >= 2, got {m.hidden}")
         if m.context_layers < 0:
             errors.append("model.context_layers must be >= 0")
+        if m.segmenter not in SEGMENTERS.names():
+            errors.append(f"model.segmenter must be one of {SEGMENTERS.names()}, got {m.segmenter!r}")
         if d.chunk_units < 1:
             errors.append("data.chunk_units must be >= 1")
         if self.techniques.lora.enabled:
@@ -181,6 +195,17 @@ def split_categories(docs: list[Document], categories: list[str], max_chars: int
     return [c for c in categories if c not in short], short
 
 
+def shortest_spans(docs: list[Document], categories: list[str], percentile: float = 2.0) -> dict[str, int]:
+    """Per category, a length (characters) that almost no training span is shorter than: the ``percentile``-th
+    percentile, so one mis-drawn annotation does not decide it."""
+    out = {}
+    for c in categories:
+        lengths = [s.end - s.start for d in docs for s in d.spans if s.category == c]
+        if lengths:
+            out[c] = int(np.percentile(lengths, percentile))
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Recipe
 # --------------------------------------------------------------------------------------------------
@@ -236,6 +261,7 @@ class ClauseExtractionRecipe(Recipe):
                 self.docs["train"], categories, d.token_max_chars
             )
         self.label_names = [f"{p}-{c}" for c in self.unit_categories for p in ("B", "I")]
+        self.min_chars = shortest_spans(self.docs["train"], self.unit_categories)
         log(f"categories: {len(self.unit_categories)} per unit, per token: {self.token_categories}")
         encoder = load_pretrained(AutoModel, self.cfg.model.name)
         self._probe = self._new_model(encoder)
@@ -262,6 +288,8 @@ class ClauseExtractionRecipe(Recipe):
             token_tokens=m.token_tokens,
             unit_pos_weight=m.unit_pos_weight,
             token_pos_weight=m.token_pos_weight,
+            segmenter=m.segmenter,
+            token_crf=m.token_crf,
         )
 
     def _features(self, docs: list[Document]) -> list[DocFeatures]:
@@ -269,7 +297,10 @@ class ClauseExtractionRecipe(Recipe):
         import time
 
         out, t0, n_tok = [], time.time(), 0
-        folder = self.output_dir / "features" if self.cfg.data.cache_features else None
+        d = self.cfg.data
+        folder = (
+            (Path(d.feature_cache) if d.feature_cache else self.output_dir / "features") if d.cache_features else None
+        )
         for doc in docs:
             cached = self._load_cached(folder, doc)
             if cached is None:
@@ -285,7 +316,10 @@ class ClauseExtractionRecipe(Recipe):
 
     def _cache_key(self, doc: Document) -> str:
         m = self.cfg.model
-        key = json.dumps([m.name, m.unit_max_tokens, m.token_tokens, self._probe.config.unit_pattern, doc.text])
+        version = SEGMENTERS.entry(m.segmenter).meta.get("version", 1)
+        # "sentences" keeps the key it had before segmenters had names (its pattern), so old caches stay valid
+        units = UNIT_BOUNDARY if m.segmenter == "sentences" else f"{m.segmenter}-v{version}"
+        key = json.dumps([m.name, m.unit_max_tokens, m.token_tokens, units, doc.text])
         return hashlib.sha1(key.encode()).hexdigest()
 
     def _load_cached(self, folder: Path | None, doc: Document) -> DocFeatures | None:
@@ -309,7 +343,7 @@ class ClauseExtractionRecipe(Recipe):
             return
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self._cache_key(f.doc)}.npz"
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = folder / f"{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz"  # runs may share the folder
         np.savez(
             tmp,
             units=np.asarray(f.units, dtype=np.int64).reshape(-1, 2),
@@ -362,6 +396,8 @@ class ClauseExtractionRecipe(Recipe):
         if "val" in self.features:
             self.model.config.thresholds = self._tune_thresholds(self.features["val"])
             log(f"unit thresholds tuned on val: {self.model.config.thresholds}")
+            if self.cfg.data.tune_decoding:
+                self._tune_decoding(self.features["val"])
         out: dict[str, float] = {}
         for split, prefix in (("val", "eval"), ("test", "test")):
             if split in self.features:
@@ -369,7 +405,7 @@ class ClauseExtractionRecipe(Recipe):
         return out
 
     def _outputs(self, f: DocFeatures) -> tuple[np.ndarray, np.ndarray]:
-        return self.model.unit_probs(f.unit_features), self.model.token_outputs(f.token_states)
+        return self.model.unit_probs(f.unit_features), self.model.token_outputs(f.token_states, f.first)
 
     def _tune_thresholds(self, feats: list[DocFeatures]) -> dict[str, float]:
         """One threshold for all unit categories, with the best exact-match F1 on these documents; a category
@@ -394,11 +430,33 @@ class ClauseExtractionRecipe(Recipe):
                 best[cat] = max(THRESHOLD_GRID, key=lambda t: (*f1([cat], t), t == shared, -abs(t - shared)))
         return best
 
+    def _tune_decoding(self, feats: list[DocFeatures]) -> None:
+        """Fragment merging (0-2 units) and the minimum span length, each kept only if it raises exact + overlap
+        F1 on these documents."""
+        c = self.model.config
+        outputs = [self._outputs(f) for f in feats]
+        gold = [set(f.doc.spans) for f in feats]
+        cats = c.unit_categories + c.token_categories
+
+        def quality(gap: int, shortest: dict[str, int]) -> float:
+            c.merge_gap, c.min_chars = gap, shortest
+            pred = [
+                {s for s, _ in self.model.decode(f.units, p, f.offsets, f.first, tok)}
+                for f, (p, tok) in zip(feats, outputs, strict=True)
+            ]
+            r = span_metrics(pred, gold, cats)
+            return r["span_f1_micro"] + r["overlap_f1"]
+
+        options = [(g, m) for g in (0, 1, 2) for m in ({}, self.min_chars)]
+        gap, shortest = max(options, key=lambda o: (quality(*o), -o[0], not o[1]))
+        c.merge_gap, c.min_chars = gap, shortest
+        log(f"decoding tuned on val: merge_gap={gap}, minimum span lengths {'on' if shortest else 'off'}")
+
     def _score(self, feats: list[DocFeatures], model=None) -> dict[str, float]:
         model = model or self.model
         pred, cand = [], []
         for f in feats:
-            p, tok = model.unit_probs(f.unit_features), model.token_outputs(f.token_states)
+            p, tok = model.unit_probs(f.unit_features), model.token_outputs(f.token_states, f.first)
             pred.append(model.decode(f.units, p, f.offsets, f.first, tok))
             cand.append(model.decode(f.units, p, f.offsets, f.first, tok, threshold=0.05))
         return document_metrics(
@@ -452,7 +510,7 @@ class ClauseExtractionRecipe(Recipe):
         for doc in docs:
             units, feats = model.unit_features(tokenizer, doc.text)
             offsets, first, states = model.token_features(tokenizer, doc.text)
-            p, tok = model.unit_probs(feats), model.token_outputs(states)
+            p, tok = model.unit_probs(feats), model.token_outputs(states, first)
             pred.append(model.decode(units, p, offsets, first, tok))
             cand.append(model.decode(units, p, offsets, first, tok, threshold=0.05))
         cats = model.config.unit_categories + model.config.token_categories

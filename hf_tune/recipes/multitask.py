@@ -165,7 +165,11 @@ class MultitaskConfig(BaseConfig):
             modalities.add(RECIPES.get(t.type).config_cls.spec.modality)
             if t.loss_weight < 0:
                 errors.append(f"tasks.{name}.loss_weight must be >= 0")
-            errors += self.task_config(name)[1]
+            sub, sub_errors = self.task_config(name)
+            errors += sub_errors
+            head = getattr(sub.data, "head_name", None) if sub is not None else None  # tagging kinds choose a head
+            if head is not None and not HEADS.get(head()).in_multitask:
+                errors.append(f"tasks.{name}: the {head()} head cannot be a multi-task head; choose another scheme")
         if len(modalities) > 1:
             errors.append("tasks: text and image tasks cannot share one encoder; use one modality per recipe")
         m = self.multitask

@@ -8,14 +8,17 @@ central. What a token predicts (BIO tags, or B/I sigmoids per category) is the t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from hf_tune.crf import CRF, crf_tagging_loss
 from hf_tune.data.clauses import cuad_metrics
 from hf_tune.data.documents import limit_splits, load_documents, prediction_row, read_documents_for_prediction
 from hf_tune.data.spans import (
@@ -34,7 +37,7 @@ from hf_tune.heads import HEADS, TaggingHead
 from hf_tune.losses import masked_bce
 from hf_tune.modeling import load_pretrained, resolve_model_name
 from hf_tune.recipes.base import Recipe, SmokeRun, register_kind
-from hf_tune.schema import BaseConfig, DataSplitsConfig, KindSpec, TextModelConfig
+from hf_tune.schema import BaseConfig, DataSplitsConfig, KindSpec, LossConfig, TextModelConfig
 from hf_tune.techniques import log
 
 
@@ -53,8 +56,10 @@ class TokenDataConfig(DataSplitsConfig):
     tags_column: str = "ner_tags"
     categories: list[str] | None = None
     """Categories in label order; None: every category seen in the training data, sorted."""
-    scheme: Literal["bio", "multilabel"] = "bio"
+    scheme: Literal["bio", "bio_crf", "multilabel"] = "bio"
     """bio: one label per token, overlapping spans resolved first-come (the bio_tagging head);
+    bio_crf: the same labels scored and decoded as whole paths by a linear-chain CRF (bio_crf_tagging: no
+    fragmented or I-first entities; decoding is per document, over its first subwords);
     multilabel: B/I sigmoids per category, overlaps kept (the multilabel_tagging head)."""
     label_all_subwords: bool = False
     """false: only the first subword of each word carries a label (the rest inherit at prediction)."""
@@ -71,7 +76,7 @@ class TokenDataConfig(DataSplitsConfig):
     """multilabel: sigmoid threshold for B/I decisions."""
 
     def head_name(self) -> str:
-        return "bio_tagging" if self.scheme == "bio" else "multilabel_tagging"
+        return {"bio": "bio_tagging", "bio_crf": "bio_crf_tagging", "multilabel": "multilabel_tagging"}[self.scheme]
 
 
 @dataclass
@@ -96,9 +101,38 @@ class TokenClassificationConfig(BaseConfig):
             errors.append(f"data.stride must be in (0, data.window - 2], got stride={d.stride}, window={d.window}")
         if not 0.0 <= d.negative_window_keep <= 1.0:
             errors.append("data.negative_window_keep must be in [0, 1]")
-        if not HEADS.get(d.head_name()).uses_class_loss and self.techniques.loss.class_weights is not None:
+        if d.scheme == "bio_crf":
+            if self.techniques.loss != LossConfig():
+                errors.append(
+                    "techniques.loss: data.scheme=bio_crf trains on the CRF's path likelihood; focal loss, class "
+                    "weights and label smoothing do not apply (use data.scheme=bio for them)"
+                )
+            if self.techniques.lora.enabled:
+                errors.append("techniques.lora: data.scheme=bio_crf is not available with LoRA yet; use bio")
+            if self.training.get("label_smoothing_factor", 0):
+                errors.append("training.label_smoothing_factor does not apply to data.scheme=bio_crf; drop it")
+        elif not HEADS.get(d.head_name()).uses_class_loss and self.techniques.loss.class_weights is not None:
             errors.append("techniques.loss.class_weights applies to the bio scheme only (multilabel uses sigmoids)")
         return errors
+
+
+CRF_CONFIG_KEY = "hf_tune_crf_labels"
+
+
+def attach_crf(model, labels: list[str], model_dir: Path | None = None) -> None:
+    """Give a transformers token-classification model a CRF over its labels (``model.crf``). Its parameters are
+    saved with the model's own (``crf.*`` in model.safetensors) and its labels in config.json, so
+    :meth:`TokenClassificationRecipe.load_model` can put it back; ``model_dir``: load the saved scores."""
+    model.crf = CRF(labels).to(model.device)
+    model.config.update({CRF_CONFIG_KEY: list(labels)})
+    if model_dir is not None:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(model_dir / "model.safetensors"))
+        state = {k.removeprefix("crf."): v for k, v in weights.items() if k.startswith("crf.")}
+        if set(state) != {"transitions", "start"}:
+            raise DataError(f"{model_dir}: config.json names a CRF but model.safetensors has no crf.* weights")
+        model.crf.load_state_dict(state)
 
 
 @dataclass
@@ -248,8 +282,12 @@ class TokenClassificationRecipe(Recipe):
         if self.cfg.model.dropout is not None:
             kwargs["classifier_dropout"] = self.cfg.model.dropout
         self.model = load_pretrained(AutoModelForTokenClassification, self.cfg.model.name, **kwargs)
+        if self.head.name == "bio_crf_tagging":
+            attach_crf(self.model, self.label_names)
 
     def task_loss(self, label_smoothing: float):
+        if self.head.name == "bio_crf_tagging":
+            return partial(crf_tagging_loss, self.model.crf)
         if self.head.uses_class_loss:
             return super().task_loss(label_smoothing)
         lc = self.cfg.techniques.loss  # sigmoid tags: masked BCE, focal when asked (the model has no such loss)
@@ -290,7 +328,9 @@ class TokenClassificationRecipe(Recipe):
             tok[a + mine] = window_outputs[w][mine]
         d = self.cfg.data
         first = None if d.label_all_subwords else e.first
-        return self.head.decode(tok, e.offsets, first, self.categories, d.threshold)
+        crf = getattr(self.model, "crf", None)
+        extra = {"crf": crf} if crf is not None else {}  # heads without a CRF keep the plain signature
+        return self.head.decode(tok, e.offsets, first, self.categories, d.threshold, **extra)
 
     def compute_metrics(self, eval_pred) -> dict[str, float]:
         preds = eval_pred.predictions
@@ -315,7 +355,6 @@ class TokenClassificationRecipe(Recipe):
 
     @classmethod
     def smoke_recipe(cls, folder: Path, text_model: str) -> dict[str, SmokeRun]:
-        import json
 
         sentence = "This Agreement shall be governed by the laws of Delaware ."
         filler = "Notices shall be sent to the addresses above ."
@@ -337,6 +376,7 @@ class TokenClassificationRecipe(Recipe):
         ]
         return {
             "bio_tagging": SmokeRun(base, path),
+            "bio_crf_tagging": SmokeRun([*base, "data.scheme=bio_crf"], path),
             "multilabel_tagging": SmokeRun([*base, "data.scheme=multilabel"], path),
         }
 
@@ -344,8 +384,19 @@ class TokenClassificationRecipe(Recipe):
     @classmethod
     def load_model(cls, model_dir: Path):
         from transformers import AutoModelForTokenClassification
+        from transformers.utils import logging as hf_logging
 
-        return AutoModelForTokenClassification.from_pretrained(str(model_dir))
+        crf_labels = json.loads((model_dir / "config.json").read_text()).get(CRF_CONFIG_KEY)
+        verbosity = hf_logging.get_verbosity()
+        if crf_labels:  # the CRF's weights are in the file but not in the transformers class: no warning for them
+            hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForTokenClassification.from_pretrained(str(model_dir))
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if crf_labels:
+            attach_crf(model, crf_labels, model_dir)
+        return model
 
     def _restore_labels(self, model_dir: Path) -> None:
         from transformers import AutoTokenizer

@@ -19,6 +19,10 @@ class SaveResolvedConfig(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             save_config(self.cfg, Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            if self.cfg.overwrite:  # the first checkpoint of the new run exists: the run it replaces can go
+                from hf_tune.recipes.base import discard_replaced_run
+
+                discard_replaced_run(Path(args.output_dir))
 
 
 class LogToStderr(TrainerCallback):

@@ -1,6 +1,7 @@
 """``hf-tune`` command line: train, recipes, evaluate, predict.
 
-    hf-tune train recipe=NAME key=value ...
+    hf-tune train recipe=NAME key=value ... [--dry-run] [--help]
+    hf-tune show recipe=NAME [key=value ...]
     hf-tune recipes
     hf-tune evaluate RUN_OR_MODEL_DIR data.path=FILE [data.split=test] [output=FILE] [task=NAME]
     hf-tune predict MODEL_DIR INPUT [output=FILE] [batch_size=N] [task=NAME]
@@ -33,7 +34,7 @@ from hf_tune.config import (
 from hf_tune.errors import ConfigError, DataError
 from hf_tune.hub import HubError
 from hf_tune.modeling import ModelLoadError
-from hf_tune.recipes import RECIPES, run_training
+from hf_tune.recipes import RECIPES, plan_training, run_training
 from hf_tune.registry import Registry, RegistryError
 from hf_tune.schema import RESOLVED_CONFIG_NAME
 from hf_tune.techniques import log
@@ -43,7 +44,12 @@ COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("command")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # every hf-tune flag is a switch, so flags may stand anywhere: `train --dry-run recipe=x a=1` works too
+    # (argparse would stop collecting the key=value list at the first flag)
+    args = _parser().parse_args(
+        argv[:1] + [a for a in argv[1:] if not a.startswith("-")] + [a for a in argv[1:] if a.startswith("-")]
+    )
     try:
         return COMMANDS.get(args.command)(args)
     except USER_ERRORS as exc:
@@ -54,8 +60,12 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hf-tune", description="Fine-tune pretrained encoders with recipes.")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a recipe: recipe=NAME key=value ...")
+    t = sub.add_parser("train", help="train a recipe: recipe=NAME key=value ...", add_help=False)
     t.add_argument("overrides", nargs="*", help="recipe=NAME and dotted key=value overrides")
+    t.add_argument("--dry-run", action="store_true", help="check config and data, print the plan, train nothing")
+    t.add_argument("-h", "--help", action="store_true", help="with recipe=NAME: every key, its value and meaning")
+    s = sub.add_parser("show", help="every key of a recipe with its current value and what it means")
+    s.add_argument("overrides", nargs="*", help="recipe=NAME and dotted key=value overrides")
     sub.add_parser("recipes", help="list the shipped recipes")
     e = sub.add_parser("evaluate", help="evaluate a trained run or model folder on a dataset file")
     e.add_argument("run_dir")
@@ -79,12 +89,29 @@ def _recipe_for(cfg):
 
 @COMMANDS.register("train")
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.help:
+        if any(o.startswith("recipe=") for o in args.overrides):
+            return cmd_show(args)
+        _parser()._subparsers._group_actions[0].choices["train"].print_help()
+        print("\nrecipes (hf-tune train recipe=NAME --help lists a recipe's keys):")
+        return cmd_recipes(args)
+    if args.dry_run:
+        print(json.dumps(plan_training(_recipe_for(load_config(args.overrides)))))
+        return 0
     result = run_training(_recipe_for(load_config(args.overrides)))
     log(f"rank {result.process_index} metrics {json.dumps(_scalar(result.metrics), sort_keys=True)}")
     if result.is_main_process:
         log(f"model saved to {result.model_dir} (metrics: {result.model_dir / 'metrics.json'})")
         out = {"output_dir": str(result.output_dir), "model_dir": str(result.model_dir), **_scalar(result.metrics)}
         print(json.dumps(out))
+    return 0
+
+
+@COMMANDS.register("show")
+def cmd_show(args: argparse.Namespace) -> int:
+    from hf_tune.explain import describe, format_rows, resolve_for_display
+
+    print(format_rows(describe(resolve_for_display(args.overrides))))
     return 0
 
 

@@ -7,6 +7,6 @@ from hf_tune.recipes import (  # noqa: F401  (importing registers the recipe cla
     text_classification,
     token_classification,
 )
-from hf_tune.recipes.base import RECIPES, Recipe, TrainResult, register_kind, run_training
+from hf_tune.recipes.base import RECIPES, Recipe, TrainResult, plan_training, register_kind, run_training
 
-__all__ = ["RECIPES", "Recipe", "TrainResult", "register_kind", "run_training"]
+__all__ = ["RECIPES", "Recipe", "TrainResult", "plan_training", "register_kind", "run_training"]

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from hf_tune.heads import Head
 from hf_tune.registry import Registry
-from hf_tune.schema import FINAL_MODEL_DIR, BaseConfig, ConfigError, launch_errors, save_config
+from hf_tune.schema import FINAL_MODEL_DIR, RESOLVED_CONFIG_NAME, BaseConfig, ConfigError, launch_errors, save_config
 from hf_tune.techniques import log
 
 METRICS_FILE = "metrics.json"
@@ -68,11 +68,59 @@ def check_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> Path
     return None
 
 
-def clear_run(output_dir: Path) -> None:
-    """Remove what an earlier run wrote (only the folders hf_tune/Trainer create)."""
-    for p in [*checkpoints(output_dir), output_dir / FINAL_MODEL_DIR]:
-        if p.is_dir():
-            shutil.rmtree(p)
+REPLACED_DIR = ".replaced_run"
+"""Where ``overwrite=true`` keeps the old run until the new one has saved something (output_dir/REPLACED_DIR)."""
+
+
+def old_run_parts(output_dir: Path) -> list[Path]:
+    """What an earlier hf_tune run wrote in ``output_dir``: its checkpoints and model/ (each marked by a
+    resolved config) and its top-level metrics and config. Raises when a checkpoint-*/model folder was not
+    written by hf_tune: overwrite=true never touches what it cannot recognise."""
+    folders = [p for p in [*checkpoints(output_dir), output_dir / FINAL_MODEL_DIR] if p.is_dir()]
+    foreign = [str(p) for p in folders if not (p / RESOLVED_CONFIG_NAME).is_file()]
+    if foreign:
+        raise ConfigError(
+            [
+                f"overwrite=true: {', '.join(foreign)} was not written by hf_tune (no {RESOLVED_CONFIG_NAME}); "
+                f"move it out of training.output_dir={output_dir} or choose another output_dir"
+            ]
+        )
+    files = [output_dir / n for n in (METRICS_FILE, RESOLVED_CONFIG_NAME) if (output_dir / n).is_file()]
+    return folders + files
+
+
+def set_aside_run(output_dir: Path) -> Path | None:
+    """Move an earlier run's parts into output_dir/.replaced_run (a rename, nothing deleted yet)."""
+    parts = old_run_parts(output_dir)
+    if not parts:
+        return None
+    aside = output_dir / REPLACED_DIR
+    if aside.exists():
+        shutil.rmtree(aside)  # left by an earlier overwrite that saved; restore_run handles the other case
+    aside.mkdir()
+    for part in parts:
+        part.rename(aside / part.name)
+    return aside
+
+
+def restore_run(output_dir: Path) -> bool:
+    """Put a set-aside run back when the run that replaced it saved nothing (it failed or was killed first)."""
+    aside = output_dir / REPLACED_DIR
+    if not aside.is_dir() or checkpoints(output_dir) or (output_dir / FINAL_MODEL_DIR).exists():
+        return False
+    for part in aside.iterdir():
+        if not (output_dir / part.name).exists():
+            part.rename(output_dir / part.name)
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
+
+
+def discard_replaced_run(output_dir: Path) -> None:
+    """The new run has saved a checkpoint or its model: the old run it replaces can go."""
+    aside = output_dir / REPLACED_DIR
+    if aside.is_dir():
+        shutil.rmtree(aside)
+        log(f"overwrite=true: the earlier run in {output_dir} is replaced")
 
 
 def use_cpu_backend_for_multiprocess() -> bool:
@@ -142,6 +190,7 @@ class Recipe:
         self.prepare_data()  # data before model: the label set sizes the head
         self.build_model()
         self._setup_trainer()  # last: Trainer creates the optimizer lazily from the final model
+        self._set_aside_old_run()  # only now: every check that can fail before training has passed
 
     def train(self) -> dict[str, float]:
         if self._resume_from:
@@ -187,6 +236,7 @@ class Recipe:
             (final / DATA_SUMMARY).write_text(json.dumps(self.data_summary()))
             for name, (scores, labels, names, head) in predictions.items():
                 save_predictions(final, name, scores, labels, names, head)
+            discard_replaced_run(self.output_dir)
             write_report(final, title=self.cfg.recipe or self.task)
             write_model_card(
                 self.cfg, final, metrics, self.hub_repo_id() if self.cfg.training.get("push_to_hub") else None
@@ -194,6 +244,9 @@ class Recipe:
         return final
 
     def cleanup(self) -> None:
+        if self.cfg.overwrite and getattr(self, "args", None) is not None and self.args.process_index == 0:
+            if restore_run(self.output_dir):
+                log(f"overwrite=true: this run saved nothing, so the earlier run in {self.output_dir} is kept")
         self.trainer = None
 
     # ---------------------------------------------------------------- report and Hub
@@ -246,10 +299,22 @@ class Recipe:
 
     # ---------------------------------------------------------------- Trainer assembly
     def _setup_output_dir(self) -> None:
-        self._resume_from = check_output_dir(self.output_dir, resume=self.cfg.resume, overwrite=self.cfg.overwrite)
+        """Refuse a used output_dir early (before data and model load). With overwrite=true nothing is deleted
+        here: an interrupted earlier overwrite is put back, and the old run is checked to be hf_tune's own;
+        it is set aside when training starts (:meth:`_set_aside_old_run`)."""
         state = self.args.distributed_state
         if self.cfg.overwrite and state.is_main_process:
-            clear_run(self.output_dir)
+            restore_run(self.output_dir)
+            old_run_parts(self.output_dir)
+        self._resume_from = check_output_dir(self.output_dir, resume=self.cfg.resume, overwrite=self.cfg.overwrite)
+        state.wait_for_everyone()
+
+    def _set_aside_old_run(self) -> None:
+        """overwrite=true, once data, model and Trainer are ready: the old run moves to .replaced_run and is
+        deleted at the new run's first save (or put back by :meth:`cleanup` if that never comes)."""
+        state = self.args.distributed_state
+        if self.cfg.overwrite and state.is_main_process:
+            set_aside_run(self.output_dir)
         state.wait_for_everyone()
 
     def training_args(self, **overrides: Any):
@@ -451,6 +516,57 @@ class TrainResult:
     output_dir: Path
     is_main_process: bool
     process_index: int
+
+
+def plan_training(recipe: Recipe) -> dict[str, Any]:
+    """``hf-tune train --dry-run``: every check a real run makes before training (launch, output folder, data,
+    labels, model), then what the run would do; nothing is trained, written over or deleted (a kind that caches
+    encoder features, clause_extraction, does fill its cache)."""
+    import math
+
+    errors = launch_errors(recipe.cfg)
+    if errors:
+        raise ConfigError(errors, recipe.cfg.recipe)
+    recipe.args = args = recipe.training_args()
+    resume_from = check_output_dir(recipe.output_dir, resume=recipe.cfg.resume, overwrite=recipe.cfg.overwrite)
+    recipe.prepare_data()
+    recipe.build_model()  # the model is checked too (and some kinds lay out their datasets only here)
+    n_params = sum(p.numel() for p in recipe.model.parameters())
+    n_trainable = sum(p.numel() for p in recipe.model.parameters() if p.requires_grad)
+    sizes = {}
+    for split, ds in recipe.datasets.items():
+        if isinstance(ds, dict):  # multi-task: one dataset per task
+            sizes[split] = {task: len(d) for task, d in ds.items()}
+        elif hasattr(ds, "__len__"):
+            sizes[split] = len(ds)
+    n_train = sizes.get("train") if isinstance(sizes.get("train"), int) else None
+    batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(n_train / batch) if n_train else None
+    steps = args.max_steps if args.max_steps > 0 else None
+    if steps is None and steps_per_epoch:
+        steps = math.ceil(steps_per_epoch * args.num_train_epochs)
+    replaced = [str(p) for p in [*checkpoints(recipe.output_dir), recipe.output_dir / FINAL_MODEL_DIR] if p.exists()]
+    return {
+        "dry_run": True,
+        "recipe": recipe.cfg.recipe,
+        "task": recipe.cfg.task,
+        "output_dir": str(recipe.output_dir),
+        "examples": sizes,
+        "parameters": n_params,
+        "trainable_parameters": n_trainable,
+        "effective_batch_size": batch,
+        "steps_per_epoch": steps_per_epoch,
+        "epochs": args.num_train_epochs if args.max_steps <= 0 else None,
+        "max_steps": steps,
+        "save_strategy": str(args.save_strategy.value if hasattr(args.save_strategy, "value") else args.save_strategy),
+        "resume_from": str(resume_from) if resume_from else None,
+        "would_replace": replaced if recipe.cfg.overwrite else [],
+        "writes": [
+            str(recipe.output_dir / "checkpoint-STEP"),
+            str(recipe.output_dir / FINAL_MODEL_DIR),
+            str(recipe.output_dir / "metrics.json"),
+        ],
+    }
 
 
 def run_training(recipe: Recipe) -> TrainResult:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -145,8 +146,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     opts, overrides = _split_extra(args.overrides, ("output", "task"))
     cfg = load_run_config(model_dir, overrides, opts.get("task"))
     metrics = _recipe_for(cfg).evaluate_saved(model_dir, **_task_kwargs(opts))
-    line = json.dumps(_scalar(metrics))
-    out = Path(opts.get("output") or model_dir / f"eval_{metrics['split']}.json")
+    source = _data_source(cfg)
+    line = json.dumps({"data": source, **_scalar(metrics)})
+    # one file per evaluated source and split: evaluating other data never overwrites an earlier result
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).stem if source else "data")
+    out = Path(opts.get("output") or model_dir / f"eval_{metrics['split']}_{stem}.json")
     out.write_text(line + "\n")
     print(line)
     return 0
@@ -162,13 +166,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rows = _recipe_for(cfg).predict(
         model_dir, args.input, batch_size=int(opts.get("batch_size", 32)), **_task_kwargs(opts)
     )
-    sink = open(opts["output"], "w") if "output" in opts else sys.stdout
-    try:
+    if "output" not in opts:
         for row in rows:
-            sink.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+        return 0
+    # a temporary file renamed on success: an existing output is never truncated by a run that fails
+    out = Path(opts["output"])
+    tmp = out.with_name(f".{out.name}.partial")
+    try:
+        with open(tmp, "w") as sink:
+            for row in rows:
+                sink.write(json.dumps(row) + "\n")
+        tmp.replace(out)
     finally:
-        if sink is not sys.stdout:
-            sink.close()
+        tmp.unlink(missing_ok=True)
     return 0
 
 
@@ -196,6 +207,16 @@ def cmd_push(args: argparse.Namespace) -> int:
     url = push_model(model_dir, args.repo_id, cfg, private=not args.public)  # token: HF_TOKEN or the cached login
     print(json.dumps({"repo_id": args.repo_id, "url": url, "private": not args.public}))
     return 0
+
+
+def _data_source(cfg) -> str | None:
+    """The evaluated data's path (multi-task: the tasks' paths joined)."""
+    data = getattr(cfg, "data", None)
+    if data is not None:
+        return getattr(data, "path", None)
+    tasks = getattr(cfg, "tasks", {}) or {}
+    paths = sorted({str(t.data.get("path")) for t in tasks.values() if t.data.get("path")})
+    return "+".join(paths) or None
 
 
 def _scalar(metrics: dict) -> dict:

@@ -120,25 +120,28 @@ class CRF(nn.Module):
         self.start = nn.Parameter(torch.zeros(k))
         index = {n: i for i, n in enumerate(labels)}
         self._begin = [index.get(f"B-{n[2:]}", i) if n.startswith("I-") else i for i, n in enumerate(labels)]
-        self._allowed = bio_allowed(labels)
+        self._allowed: dict[torch.device, torch.Tensor] = {}  # built on first use: __init__ may run on "meta"
 
     def allowed(self, device: torch.device) -> torch.Tensor:
-        return self._allowed.to(device)
+        if device not in self._allowed:
+            self._allowed[device] = bio_allowed(self.labels).to(device)
+        return self._allowed[device]
 
     def scores(self) -> torch.Tensor:
         allowed = self.allowed(self.transitions.device)
         return torch.where(allowed, self.transitions, torch.full_like(self.transitions, NEG))
 
     def nll(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean over sequences with at least one step of -log p(tags | emissions); (B, L, K), (B, L), (B, L)."""
+        """-log p(tags | emissions) summed over the sequences and divided by the number of labelled tokens;
+        (B, L, K), (B, L), (B, L). Per token, like cross-entropy: a per-sequence sum grows with the sequence
+        length, dominates the global gradient norm and, once clipped, starves every other loss term."""
         emissions, mask = emissions.float(), mask.bool()
         device = emissions.device
         to_begin = torch.tensor(self._begin, device=device)
         tags = repair_bio(tags.clamp_min(0), mask, self.allowed(device), to_begin)
         trans = self.scores()
         ll = path_score(emissions, tags, mask, trans, self.start) - log_partition(emissions, mask, trans, self.start)
-        has = mask[:, 0]
-        return -(ll * has).sum() / has.sum().clamp_min(1)
+        return -(ll * mask[:, 0]).sum() / mask.sum().clamp_min(1)
 
     @torch.no_grad()
     def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:

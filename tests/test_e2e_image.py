@@ -37,7 +37,7 @@ def test_train_writes_files_then_evaluate_predict_and_pipeline(tiny_image_args, 
     assert main(["evaluate", str(run), f"data.path={tmp_path / 'tiny_test.npz'}", "data.split=test"]) == 0
     ev = json.loads(capsys.readouterr().out.strip())
     assert ev["split"] == "test" and ev["num_examples"] == 16 and 0.0 <= ev["accuracy"] <= 1.0
-    assert json.loads((model / "eval_test.json").read_text()) == ev
+    assert json.loads((model / "eval_test_tiny_test.json").read_text()) == ev  # split and source in the name
 
     # predict == transformers pipeline on the same saved folder
     from PIL import Image

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hf_tune.cli import main
@@ -95,3 +96,66 @@ def test_show_and_train_help_list_every_key_with_its_meaning(capsys):
     assert "pneumonia_resnet18" in capsys.readouterr().out
     assert main(["show", "recipe=quickstart", "model.imagesize=3"]) == 2
     assert 'did you mean "image_size"' in capsys.readouterr().err
+
+
+def test_hub_token_is_written_to_no_file(tiny_image_args, tmp_path, capsys):
+    token = "hf_TESTSECRETtoken1234567890"
+    assert main(["train", *tiny_image_args, f"training.hub_token={token}"]) == 0
+    run = tmp_path / "run"
+    leaks = [str(p) for p in run.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+    assert leaks == []  # training_args.bin of model/ and every checkpoint included
+    assert token not in capsys.readouterr().err
+
+
+def test_predict_output_is_replaced_only_on_success(finished_run, tmp_path, capsys):
+    out = tmp_path / "predictions.jsonl"
+    out.write_text("earlier predictions\n")
+    assert main(["predict", str(finished_run), str(tmp_path / "missing.png"), f"output={out}"]) == 2
+    assert out.read_text() == "earlier predictions\n"
+    assert main(["predict", str(finished_run), str(tmp_path / "tiny.npz"), f"output={out}"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and "label" in rows[0]
+    assert not list(tmp_path.glob(".predictions.jsonl.partial"))
+
+
+def _folder(root: Path, classes: dict[str, np.ndarray]) -> Path:
+    from PIL import Image
+
+    for name, images in classes.items():
+        (root / name).mkdir(parents=True)
+        for i, a in enumerate(images):
+            Image.fromarray(a).save(root / name / f"{i}.png")
+    return root
+
+
+def test_evaluate_maps_folder_classes_by_name_not_by_sorted_position(tiny_image_args, tmp_path, capsys):
+    from .conftest import make_images
+
+    x, y = make_images(64, size=16, seed=3)
+    y = y.ravel()
+    train = _folder(tmp_path / "train", {"normal": x[y == 0], "pneumonia": x[y == 1]})
+    args = [a for a in tiny_image_args if not a.startswith("data.path")] + [f"data.path={train}", "data.format=auto"]
+    assert main(["train", *args, "training.max_steps=2"]) == 0
+    capsys.readouterr()
+    run = tmp_path / "run"
+
+    only = _folder(tmp_path / "only_pneumonia", {"Pneumonia": x[y == 1][:10]})  # one folder, sorted first
+    assert main(["evaluate", str(run), f"data.path={only}"]) == 0
+    ev = json.loads(capsys.readouterr().out.strip())
+    assert ev["num_examples"] == 10  # split=auto on a source without splits scores all of it
+    assert main(["predict", str(run), str(only)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert ev["accuracy"] == pytest.approx(np.mean([r["label"] == "pneumonia" for r in rows]))
+
+    renamed = _folder(tmp_path / "renamed", {"aa_pneumonia": x[y == 1][:4], "zz_normal": x[y == 0][:4]})
+    assert main(["evaluate", str(run), f"data.path={renamed}"]) == 2
+    err = capsys.readouterr().err
+    assert "aa_pneumonia" in err and "not among the model's classes" in err
+
+
+def test_relabel_by_name_unit():
+    from hf_tune.data.images import ImageSplit, relabel_by_name
+
+    split = ImageSplit(np.zeros((3, 2, 2), np.uint8), np.array([0, 1, 0]))
+    out = relabel_by_name(split, ["pneumonia", "normal"], ["Normal", "Pneumonia"], "x")
+    assert out.labels.tolist() == [1, 0, 1]

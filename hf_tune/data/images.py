@@ -253,6 +253,24 @@ def concat_splits(parts: list[ImageSplit]) -> ImageSplit:
     return ImageSplit(items, np.concatenate([p.labels for p in parts]), ids)
 
 
+def relabel_by_name(split: ImageSplit, names: Sequence[str], reference: Sequence[str], source: str) -> ImageSplit:
+    """``split``'s label ids (indices into the source's own class ``names``, e.g. its sorted folder names) as
+    indices into ``reference`` (the model's or the training run's classes), matched by name, case-insensitive.
+    A folder holding only ``pneumonia/`` is class "pneumonia", never class 0 because it sorts first."""
+    index = {n.lower(): i for i, n in enumerate(reference)}
+    unknown = [n for n in names if n.lower() not in index]
+    if unknown:
+        raise DataError(
+            f"{source}: classes {unknown} are not among the model's classes {list(reference)}; rename the "
+            f"folders (or the dataset's class names) to match, or set data.labels"
+        )
+    mapping = np.array([index[n.lower()] for n in names], dtype=np.int64)
+    labels = split.labels
+    ok = (labels >= 0) & (labels < len(mapping))
+    relabelled = np.where(ok, mapping[np.clip(labels, 0, len(mapping) - 1)], labels)
+    return ImageSplit(split.items, relabelled, split.ids)
+
+
 def check_labels(splits: dict[str, ImageSplit], num_labels: int, source: str) -> None:
     for name, s in splits.items():
         if len(s) == 0:

@@ -15,7 +15,15 @@ from typing import Any, ClassVar
 
 from hf_tune.heads import Head
 from hf_tune.registry import Registry
-from hf_tune.schema import FINAL_MODEL_DIR, RESOLVED_CONFIG_NAME, BaseConfig, ConfigError, launch_errors, save_config
+from hf_tune.schema import (
+    FINAL_MODEL_DIR,
+    RESOLVED_CONFIG_NAME,
+    SECRET_TRAINING_KEYS,
+    BaseConfig,
+    ConfigError,
+    launch_errors,
+    save_config,
+)
 from hf_tune.techniques import log
 
 METRICS_FILE = "metrics.json"
@@ -329,6 +337,8 @@ class Recipe:
         if cpu:
             kwargs["use_cpu"] = True
         kwargs.pop("resume_from_checkpoint", None)  # hf_tune resolves resuming itself (resume=true)
+        for key in SECRET_TRAINING_KEYS:  # Trainer pickles its arguments into every training_args.bin;
+            kwargs.pop(key, None)  # hf_tune pushes itself and reads the token from the config in memory
         # hf_tune pushes the finished model/ folder with its card itself (Recipe.push); Trainer's own push
         # would create the repo at start-up and upload the run folder (logs, no card) at every save.
         kwargs["push_to_hub"] = False

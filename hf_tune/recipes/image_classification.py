@@ -20,6 +20,7 @@ from hf_tune.data.images import (
     eval_transform,
     limit,
     load_image_source,
+    relabel_by_name,
     take_stratified,
     train_transform,
 )
@@ -117,12 +118,17 @@ class ImageClassificationConfig(BaseConfig):
 
 
 def resolve_label_names(configured: list[str] | None, source: ImageSource, path: str | None) -> list[str]:
-    """Class names in id order: configured > source's own > '0'..'k-1' from the largest label id."""
-    if configured and source.label_names and [c.lower() for c in configured] != [c.lower() for c in source.label_names]:
-        raise DataError(
-            f"data.labels={configured} does not match the classes found in {path}: "
-            f"{source.label_names}; fix data.labels or the folder names"
-        )
+    """Class names in id order: configured > source's own > '0'..'k-1' from the largest label id. A source that
+    names its classes is relabelled to the configured order by name, so only names missing from data.labels
+    are an error."""
+    if configured and source.label_names:
+        known = {c.lower() for c in configured}
+        missing = [n for n in source.label_names if n.lower() not in known]
+        if missing:
+            raise DataError(
+                f"data.labels={configured} does not list the classes {missing} found in {path}; add them to "
+                f"data.labels or rename the folders"
+            )
     if configured:
         return list(configured)
     if source.label_names:
@@ -140,15 +146,26 @@ class ImageClassificationRecipe(Recipe):
     def head(self) -> Head:
         return HEADS.get("single_label")
 
-    def _source_splits(self) -> tuple[dict[str, ImageSplit], ImageSource]:
-        """Every split the sources give (``path`` plus ``val_path``/``test_path``), before carving."""
+    def _source_splits(self, reference: list[str] | None = None) -> tuple[dict[str, ImageSplit], ImageSource]:
+        """Every split the sources give (``path`` plus ``val_path``/``test_path``), before carving. Sources that
+        name their classes (folders, ClassLabel) are relabelled by name to ``reference`` (the model's classes
+        at evaluation; at training ``data.labels`` or the main source's own names)."""
         d = self.cfg.data
         kw = {"image_column": d.image_column, "label_column": d.label_column, "verify": d.verify_images}
         source = load_image_source(d.path, d.format, **kw)
-        splits = dict(source.splits)
+        if reference is None and self.head.discrete:
+            reference = list(d.labels) if d.labels else source.label_names
+
+        def named(src: ImageSource, split: ImageSplit, where: str | None) -> ImageSplit:
+            if reference is None or not src.label_names or not self.head.discrete:
+                return split
+            return relabel_by_name(split, src.label_names, reference, where or d.format)
+
+        splits = {k: named(source, v, d.path) for k, v in source.splits.items()}
         for name, path in (("val", d.val_path), ("test", d.test_path)):
             if path:
-                splits[name] = concat_splits(list(load_image_source(path, d.format, **kw).splits.values()))
+                extra = load_image_source(path, d.format, **kw)
+                splits[name] = concat_splits([named(extra, v, path) for v in extra.splits.values()])
         return splits, source
 
     def _carved(self, splits: dict[str, ImageSplit]) -> dict[str, ImageSplit]:
@@ -226,7 +243,7 @@ class ImageClassificationRecipe(Recipe):
         return TimmWrapperForImageClassification.from_pretrained(str(model_dir))
 
     def eval_dataset(self, split: str, model_dir: Path) -> tuple[str, Any]:
-        splits, _ = self._source_splits()
+        splits, _ = self._source_splits(reference=self.label_names if self.head.discrete else None)
         name, chosen = select(splits, split, carved=self._carved, concat=concat_splits, source=self.cfg.data.path)
         if self.head.discrete:
             check_labels({name: chosen}, len(self.label_names), self.cfg.data.path or self.cfg.data.format)

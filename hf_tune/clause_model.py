@@ -48,6 +48,7 @@ class ClauseExtractorConfig(PretrainedConfig):
             validation split after training).
         merge_gap: fragments of one unit category at most this many units apart are one span (tuned on val).
         min_chars: per unit category, spans shorter than this are dropped (from the training spans' lengths).
+        begin_margin: a B probability must clear the threshold by this much to split a run of units (tuned on val).
         token_crf: decode the token head with a linear-chain CRF (valid BIO paths) instead of per-token argmax.
         unit_pos_weight, token_pos_weight: weight of positive targets in the two losses (clauses are rare).
     """
@@ -65,11 +66,12 @@ class ClauseExtractorConfig(PretrainedConfig):
         segmenter: str | None = None,
         unit_max_tokens: int = 128,
         token_tokens: int = 1020,
-        thresholds: dict[str, float] | None = None,
+        thresholds: dict[str, float | None] | None = None,
         unit_pos_weight: float = 20.0,
         token_pos_weight: float = 2.0,
         merge_gap: int = 0,
         min_chars: dict[str, int] | None = None,
+        begin_margin: float = 0.0,
         token_crf: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -88,6 +90,7 @@ class ClauseExtractorConfig(PretrainedConfig):
         self.unit_pos_weight = unit_pos_weight
         self.token_pos_weight = token_pos_weight
         self.merge_gap = merge_gap
+        self.begin_margin = begin_margin
         self.min_chars = dict(min_chars or {})
         self.token_crf = token_crf
         super().__init__(**kwargs)
@@ -292,11 +295,20 @@ class ClauseExtractorModel(PreTrainedModel):
     ) -> list[tuple[Span, float]]:
         """Both heads' outputs -> (span, score) for the document; ``threshold`` overrides the tuned ones (a low
         value lists candidates for precision-recall curves)."""
-        cats = self.config.unit_categories
-        t = [threshold if threshold is not None else self.config.thresholds.get(c, 0.5) for c in cats]
         c = self.config
+        # a tuned threshold of None: the category is off (its predictions cost more micro F1 than they add)
+        on = [
+            i
+            for i, cat in enumerate(c.unit_categories)
+            if threshold is not None or c.thresholds.get(cat, 0.5) is not None
+        ]
+        cats = [c.unit_categories[i] for i in on]
+        t = [threshold if threshold is not None else c.thresholds.get(cat, 0.5) for cat in cats]
         shortest = [c.min_chars.get(cat, 0) for cat in cats]
-        spans = decode_units(unit_probs, units, cats, t, c.merge_gap, shortest) if cats and len(units) else []
+        spans = []
+        if cats and len(units):
+            cols = [j for i in on for j in (2 * i, 2 * i + 1)]
+            spans = decode_units(unit_probs[:, cols], units, cats, t, c.merge_gap, shortest, c.begin_margin)
         if self.config.token_categories and len(offsets):
             names = self.config.token_labels
             tags = inherit_first_subword([names[int(i)] for i in token_out[:, 0]], first)

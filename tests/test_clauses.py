@@ -122,3 +122,31 @@ def test_cuad_metrics_on_hand_made_predictions():
     m = cuad_metrics(pred, gold, [text], ["Law", "Termination"])
     assert m["jaccard_precision"] == 0.5 and m["jaccard_recall"] == 0.5  # "Delaware law" ~ 2/3 of the words
     assert m["aupr"] == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_decode_units_begin_margin_keeps_a_clause_whole_unless_the_begin_is_clear():
+    units = [(0, 10), (11, 20), (21, 30)]
+    probs = np.array([[0.9, 0.9], [0.6, 0.9], [0.97, 0.9]])  # B fires weakly on unit 1, clearly on unit 2
+    split = [s for s, _ in decode_units(probs, units, ["Law"], [0.5])]
+    assert split == [Span(0, 10, "Law"), Span(11, 20, "Law"), Span(21, 30, "Law")]
+    some = [s for s, _ in decode_units(probs, units, ["Law"], [0.5], begin_margin=0.2)]
+    assert some == [Span(0, 20, "Law"), Span(21, 30, "Law")]
+    never = [s for s, _ in decode_units(probs, units, ["Law"], [0.5], begin_margin=1.0)]
+    assert never == [Span(0, 30, "Law")]
+
+
+def test_micro_threshold_choice_drops_a_category_that_costs_micro_f1():
+    from hf_tune.recipes.clause_extraction import choose_thresholds, match_counts, micro_objective
+
+    gold = [[Span(0, 10, "A"), Span(20, 30, "B")]]
+    assert match_counts([[Span(0, 10, "A"), Span(21, 30, "B"), Span(40, 50, "B")]], gold) == (3, 1, 2)
+    assert micro_objective([(3, 1, 2)], 2) == pytest.approx(2 * 3 / 5)
+    # A is precise at 0.5; B fires 40 times for 2 hits at 0.5 and is best for itself there (own F1 > 0)
+    counts = {
+        "A": {None: (0, 0, 0), 0.5: (10, 8, 9), 0.9: (5, 5, 5)},
+        "B": {None: (0, 0, 0), 0.5: (40, 2, 3), 0.9: (30, 1, 2)},
+    }
+    chosen = choose_thresholds(counts, fixed=(0, 0, 0), n_gold=20, shared=0.5, eligible={"A", "B"})
+    assert chosen == {"A": 0.5, "B": None}
+    # a category without enough evidence keeps the shared threshold
+    assert choose_thresholds(counts, (0, 0, 0), 20, 0.5, eligible={"A"}) == {"A": 0.5, "B": 0.5}

@@ -145,6 +145,7 @@ def decode_units(
     thresholds: Sequence[float],
     merge_gap: int = 0,
     min_chars: Sequence[int] | None = None,
+    begin_margin: float = 0.0,
 ) -> list[tuple[Span, float]]:
     """(n_units, 2C) B/I probabilities -> spans per category, each with a confidence (the mean I probability of
     its units).
@@ -152,14 +153,16 @@ def decode_units(
     Consecutive units above the category's threshold form one span, and a B above it starts a new one. Two
     fragments of one category with at most ``merge_gap`` units between them are one span unless the second
     starts with a B (a clause interrupted by an item number or a weak sentence stays whole), and spans shorter
-    than the category's ``min_chars`` are dropped (a lone item number is never a clause)."""
+    than the category's ``min_chars`` are dropped (a lone item number is never a clause). A B splits a run
+    only when it clears the threshold by ``begin_margin`` (>= 1: never), so a clause is not cut into pieces at
+    every unit that merely looks like a beginning."""
     out: list[tuple[Span, float]] = []
     for c, cat in enumerate(categories):
         t = thresholds[c]
         begin, inside = probs[:, 2 * c], probs[:, 2 * c + 1]
         runs: list[list] = []  # [first unit, last unit, scores]
         for k in np.flatnonzero((inside >= t) | (begin >= t)):
-            new = begin[k] >= t
+            new = begin[k] >= t + begin_margin
             last = runs[-1] if runs else None
             if last is not None and last[1] == k - 1 and not new:
                 last[1] = k

@@ -231,7 +231,7 @@ def span_metrics(pred: Sequence[set[Span]], gold: Sequence[set[Span]], categorie
             per.setdefault(s.category, [0, 0, 0])[1] += 1
         for s in g - p:
             per.setdefault(s.category, [0, 0, 0])[2] += 1
-        o_hits += sum(any(q.category == r.category and _iou(q, r) >= 0.5 for r in g) for q in p)
+        o_hits += sum(any(q.category == r.category and span_iou(q, r) >= 0.5 for r in g) for q in p)
         n_pred, n_gold = n_pred + len(p), n_gold + len(g)
     tp, fp, fn = (sum(v[i] for v in per.values()) for i in range(3))
     out = {"span_precision": _div(tp, tp + fp), "span_recall": _div(tp, tp + fn), "span_f1_micro": _f1(tp, fp, fn)}
@@ -244,7 +244,8 @@ def span_metrics(pred: Sequence[set[Span]], gold: Sequence[set[Span]], categorie
     return out
 
 
-def _iou(a: Span, b: Span) -> float:
+def span_iou(a: Span, b: Span) -> float:
+    """Character intersection over union of two spans."""
     inter = max(0, min(a.end, b.end) - max(a.start, b.start))
     return inter / max(max(a.end, b.end) - min(a.start, b.start), 1)
 

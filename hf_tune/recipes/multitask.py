@@ -537,6 +537,8 @@ class MultitaskRecipe(Recipe):
             if not spec.multitask_task or spec.modality != "text":
                 continue
             for head, run in RECIPES.get(kind).smoke_recipe(folder, text_model).items():
+                if not HEADS.get(head).in_multitask:
+                    continue
                 data = {}
                 predict_input = run.predict_input
                 for a in run.overrides:

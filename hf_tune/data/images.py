@@ -87,13 +87,52 @@ def load_npz(path: str, **_: Any) -> ImageSource:
             if f"{name}_images" in files:
                 if f"{name}_labels" not in files:
                     raise DataError(f"{path}: has {name}_images but no {name}_labels")
-                splits[name] = ImageSplit(z[f"{name}_images"], z[f"{name}_labels"])
+                images, labels = check_arrays(z[f"{name}_images"], z[f"{name}_labels"], f"{path}: {name}")
+                splits[name] = ImageSplit(images, labels)
     if not splits:
         raise DataError(
             f"{path}: no '<split>_images' arrays found (keys: {sorted(files)}); expected "
             f"train_images/train_labels[, val_*, test_*]"
         )
     return ImageSource(splits)
+
+
+def check_arrays(images: np.ndarray, labels: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Image and label arrays that would otherwise train silently on garbage, refused with the fix named:
+    ``images`` (N, H, W) or (N, H, W, C) with C in 1/3/4, uint8 0-255 or floats in [0, 1] (scaled to uint8, as
+    a float array cast to uint8 would be all black); no NaN or infinity; one integer label per image."""
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3, 4)):
+        raise DataError(
+            f"{where}_images has shape {images.shape}; expected (N, H, W) or (N, H, W, C) with C = 1, 3 or 4 "
+            f"(flat (N, H*W) images must be reshaped, e.g. images.reshape(-1, 28, 28))"
+        )
+    labels = np.asarray(labels)
+    if labels.ndim > 1 and labels.shape[1:] != (1,) * (labels.ndim - 1):
+        raise DataError(f"{where}_labels has shape {labels.shape}; expected one class id per image, (N,) or (N, 1)")
+    labels = labels.reshape(-1)
+    if len(labels) != len(images):
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels; every image needs exactly one label")
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+            raise DataError(
+                f"{where}_labels holds non-integer values (e.g. {labels[labels != np.round(labels)][:3]}); "
+                f"class ids must be whole numbers"
+            )
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "iub":
+        raise DataError(f"{where}_labels has dtype {labels.dtype}; expected integer class ids")
+    if images.dtype.kind == "f":
+        if not np.all(np.isfinite(images)):
+            raise DataError(f"{where}_images holds NaN or infinite values; clean or drop those images")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < 0.0 or hi > 255.0:
+            raise DataError(f"{where}_images: float values in [{lo:g}, {hi:g}]; expected [0, 1] or [0, 255]")
+        images = np.round(images * 255.0 if hi <= 1.0 else images).astype(np.uint8)
+    elif images.dtype != np.uint8:
+        if images.dtype.kind not in "iu" or images.min() < 0 or images.max() > 255:
+            raise DataError(f"{where}_images has dtype {images.dtype}; expected uint8 0-255 or floats in [0, 1]")
+        images = images.astype(np.uint8)
+    return images, labels
 
 
 @IMAGE_SOURCES.register("imagefolder", detect=lambda p: Path(p).is_dir() and not _is_hf_saved(Path(p)))

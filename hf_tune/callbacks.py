@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import TrainerCallback
@@ -23,6 +25,53 @@ class SaveResolvedConfig(TrainerCallback):
                 from hf_tune.recipes.base import discard_replaced_run
 
                 discard_replaced_run(Path(args.output_dir))
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGINT (Ctrl-C) or SIGTERM during training: finish the current step, save a checkpoint and stop, so the
+    run resumes with ``resume=true`` and loses nothing. A second signal stops at once (the default action).
+    Handlers are installed only in the main thread and put back when training ends."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.received is not None:  # second signal: give up the clean stop
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.received = signal.Signals(signum).name
+        print(f"[hf_tune] {self.received}: stopping after this step and saving a checkpoint", file=sys.stderr)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._restore()
+
+    def _restore(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
 class LogToStderr(TrainerCallback):

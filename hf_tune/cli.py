@@ -32,7 +32,7 @@ from hf_tune.config import (
     load_run_config,
     load_saved_config,
 )
-from hf_tune.errors import ConfigError, DataError
+from hf_tune.errors import ConfigError, DataError, Interrupted
 from hf_tune.hub import HubError
 from hf_tune.modeling import ModelLoadError
 from hf_tune.recipes import RECIPES, plan_training, run_training
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"hf-tune {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"hf-tune {args.command}: {exc}: hf-tune {' '.join(argv)} resume=true", file=sys.stderr)
+        return 130 if exc.signal_name == "SIGINT" else 143
 
 
 def _parser() -> argparse.ArgumentParser:

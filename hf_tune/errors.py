@@ -14,3 +14,11 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """Data that cannot be used as given; the message names the file (and line or key) and the fix."""
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; the message says how to resume."""
+
+    def __init__(self, message: str, signal_name: str) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name

@@ -204,6 +204,15 @@ class Recipe:
         if self._resume_from:
             log(f"resuming from {self._resume_from}")
         result = self.trainer.train(resume_from_checkpoint=str(self._resume_from) if self._resume_from else None)
+        if self._stop.received is not None:
+            from hf_tune.errors import Interrupted
+
+            step = self.trainer.state.global_step
+            raise Interrupted(
+                f"training stopped by {self._stop.received} at step {step}; {self.output_dir / f'checkpoint-{step}'} "
+                f"is saved. Continue with the same command plus resume=true",
+                self._stop.received,
+            )
         return dict(result.metrics)
 
     def evaluate(self) -> dict[str, float]:
@@ -354,7 +363,9 @@ class Recipe:
         return args
 
     def _setup_trainer(self) -> None:
-        from hf_tune.callbacks import SaveResolvedConfig, route_logs_to_stderr
+        from hf_tune.callbacks import SaveResolvedConfig, StopOnSignal, route_logs_to_stderr
+
+        self._stop = StopOnSignal()
         from hf_tune.techniques import (
             apply_transfer_controls,
             build_ema_callback,
@@ -375,7 +386,7 @@ class Recipe:
             processing_class=self.processing_class(),
             compute_metrics=self.compute_metrics,
             preprocess_logits_for_metrics=self.preprocess_logits(),
-            callbacks=[SaveResolvedConfig(self.cfg)],
+            callbacks=[SaveResolvedConfig(self.cfg), self._stop],
             loss=self.training_loss(),
             ema=build_ema_callback(t.ema, str(self._resume_from) if self._resume_from else None),
             evaluate_with_ema=t.ema.evaluate_with_ema,

@@ -12,6 +12,7 @@ import numpy as np
 
 from hf_tune.data.images import SPLIT_ALIASES, DataError, _existing, load_hf_dataset
 from hf_tune.data.spans import Document, Span
+from hf_tune.data.splits import concat_items
 from hf_tune.registry import Registry
 
 DOC_SOURCES: Registry[Callable[..., dict[str, list[Document]]]] = Registry("document format")
@@ -137,6 +138,18 @@ def load_hf_tokens(path: str, tokens_column: str = "tokens", tags_column: str = 
             docs.append(words_to_document(row[tokens_column], tags, f"{split}-{i}"))
         out[SPLIT_ALIASES.get(split, split)] = docs
     return out
+
+
+def load_document_splits(
+    path: str | None, val_path: str | None, test_path: str | None, fmt: str, **kw: Any
+) -> dict[str, list[Document]]:
+    """Every split the sources give (``data.path`` plus whole ``val_path``/``test_path`` sources), before
+    carving: what the token and clause kinds read, with the same field names (``kw``) for each source."""
+    splits = load_documents(path, fmt, **kw)
+    for name, extra in (("val", val_path), ("test", test_path)):
+        if extra:
+            splits[name] = concat_items(list(load_documents(extra, fmt, **kw).values()))
+    return splits
 
 
 def limit_splits(splits: dict[str, list], n_train: int | None, n_eval: int | None, seed: int, source: str | None):

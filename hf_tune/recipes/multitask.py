@@ -42,6 +42,8 @@ class MultitaskModelConfig:
     (image tasks)."""
     pretrained: bool = False
     """Image encoders only: load timm's pretrained weights from the Hub (text encoders are always pretrained)."""
+    pretrained_file: str | None = None
+    """Encoder weights from a .safetensors / PyTorch state dict file (see image and text model.pretrained_file)."""
     in_chans: int = 3
     image_size: int = 224
     drop_rate: float = 0.0
@@ -406,17 +408,24 @@ class MultitaskRecipe(Recipe):
 
         m = self.cfg.model
         if self.cfg.modality() == "text":
-            encoder = load_pretrained(AutoModel, m.name)
+            encoder = load_pretrained(AutoModel, m.name, pretrained_file=m.pretrained_file)
             return "text", encoder, encoder.config.to_dict()
         import timm
 
         from hf_tune.data.images import pretrained_cfg
+        from hf_tune.modeling import timm_file_overlay
 
         model_args = {"in_chans": m.in_chans, "drop_rate": m.drop_rate}
-        encoder = timm.create_model(m.name, pretrained=m.pretrained, num_classes=0, **model_args)
+        extra = (
+            {"pretrained": True, "pretrained_cfg_overlay": timm_file_overlay(m.name, m.pretrained_file, m.in_chans)}
+            if m.pretrained_file
+            else {"pretrained": m.pretrained}
+        )
+        encoder = timm.create_model(m.name, num_classes=0, **extra, **model_args)
+        encoder.pretrained_cfg.pop("state_dict", None)
         mean, std = (
             (tuple(encoder.pretrained_cfg["mean"]), tuple(encoder.pretrained_cfg["std"]))
-            if m.pretrained
+            if m.pretrained or m.pretrained_file
             else GRAY_MEAN_STD
         )
         cfg = {

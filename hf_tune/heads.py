@@ -366,6 +366,30 @@ def _check_known(values: Sequence[Any], index: dict[str, int], where: str) -> No
         )
 
 
+class MaskedLMHead(Head):
+    """Masked-LM adaptation: a distribution over the vocabulary at every masked token (labels -100 elsewhere).
+
+    Scored by perplexity over the masked tokens (:func:`hf_tune.metrics.masked_lm_metrics`), not by class
+    metrics; the vocabulary projection is tied to the input embeddings, so it is not a task layer that
+    multi-task models could own."""
+
+    name = "masked_lm"
+    token_level = True
+    uses_class_loss = False
+    in_multitask = False
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+
 HEADS: Registry[Head] = Registry("output head")
-for _cls in (SingleLabelHead, MultiLabelHead, RegressionHead, BioTaggingHead, CrfTaggingHead, MultiLabelTaggingHead):
+for _cls in (
+    SingleLabelHead,
+    MultiLabelHead,
+    RegressionHead,
+    BioTaggingHead,
+    CrfTaggingHead,
+    MultiLabelTaggingHead,
+    MaskedLMHead,
+):
     HEADS.add(_cls.name, _cls())

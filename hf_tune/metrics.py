@@ -83,3 +83,32 @@ def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str
     if np.std(p) > 0 and np.std(y) > 0:
         out["pearson"] = float(np.corrcoef(p, y)[0, 1])
     return out
+
+
+def masked_token_stats(logits, labels):
+    """Per example: summed negative log-likelihood, number and number correctly predicted of the masked
+    tokens (labels != -100). Run inside evaluation (Trainer's ``preprocess_logits_for_metrics``) so that only
+    three numbers per example are gathered instead of a vocabulary-sized row per token."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    mask = labels != -100
+    safe = labels.clamp(min=0)
+    nll = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1) * mask
+    correct = (logits.argmax(-1) == labels) & mask
+    return torch.stack([nll.sum(-1), mask.sum(-1).float(), correct.sum(-1).float()], dim=-1)
+
+
+def masked_lm_metrics(stats: np.ndarray) -> dict[str, float]:
+    """Perplexity = exp(mean NLL over all masked tokens) (token-weighted, not a mean of batch means), the
+    masked-token accuracy and how many masked tokens were scored."""
+    stats = np.asarray(stats, dtype=np.float64).reshape(-1, 3)
+    n = float(stats[:, 1].sum())
+    if n == 0:
+        return {"perplexity": float("nan"), "masked_accuracy": float("nan"), "masked_tokens": 0.0}
+    nll = float(stats[:, 0].sum()) / n
+    return {
+        "perplexity": float(np.exp(min(nll, 700.0))),
+        "masked_accuracy": float(stats[:, 2].sum()) / n,
+        "masked_tokens": n,
+    }

@@ -49,6 +49,11 @@ class TrainingLoss:
 
     labels_to_model: bool = False
 
+    def run_model(self, model: torch.nn.Module, inputs: dict[str, Any], labels: Any) -> Any:
+        """How the model runs on a training micro-batch (its full forward unless a loss needs less of it;
+        ``inputs`` hold the labels only when ``labels_to_model``)."""
+        return model(**inputs)
+
     def __call__(self, batch: LossInputs) -> torch.Tensor:
         raise NotImplementedError
 
@@ -95,7 +100,7 @@ class HfTuneTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.penalties = list(penalties or [])
         self.training_loss = loss if loss is not None or not self.penalties else ModelLoss()
-        if isinstance(self.training_loss, LogitsLoss):
+        if self.training_loss is not None and not self.training_loss.labels_to_model:
             # Our loss is a per-micro-batch mean: have Trainer divide it by the accumulation steps
             # (it skips that for models that accept loss kwargs, e.g. BERT, assuming they normalise).
             self.model_accepts_loss_kwargs = False
@@ -145,7 +150,7 @@ class HfTuneTrainer(Trainer):
         if self.training_loss is None or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"] if self.training_loss.labels_to_model else inputs.pop("labels")
-        outputs = model(**inputs)
+        outputs = self.training_loss.run_model(model, inputs, labels) if model.training else model(**inputs)
         batch = LossInputs(outputs.logits, labels, outputs, inputs, model)
         loss = self.training_loss(batch)
         for penalty in self.penalties:

@@ -294,3 +294,80 @@ def prediction_row(doc: Document, spans: list[tuple[Span, float]]) -> dict[str, 
             for s, score in spans
         ],
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Unlabelled texts for masked-LM adaptation
+# --------------------------------------------------------------------------------------------------
+
+RAW_TEXT_SOURCES: Registry[Callable[..., dict[str, list[str]]]] = Registry("unlabelled text format")
+
+
+def load_raw_texts(path: str | None, fmt: str = "auto", **kw: Any) -> dict[str, list[str]]:
+    """``{split: [document text]}`` from .txt files/folders, JSONL/CSV text fields or a datasets folder."""
+    if not path:
+        raise DataError("data.path is not set: give a .txt file or folder, a JSONL/CSV with a text field, or a dataset")
+    if fmt == "auto":
+        p, low = Path(path), path.lower()
+        fmt = (
+            "txt"
+            if p.is_dir() and not (p / "dataset_dict.json").exists() and not (p / "dataset_info.json").exists()
+            else "txt"
+            if low.endswith(".txt")
+            else "jsonl"
+            if low.endswith((".jsonl", ".json"))
+            else "csv"
+            if low.endswith((".csv", ".tsv"))
+            else "hf"
+        )
+    splits = RAW_TEXT_SOURCES.get(fmt)(path, **kw)
+    splits = {name: [t for t in texts if t.strip()] for name, texts in splits.items()}
+    if not any(splits.values()):
+        raise DataError(f"data.path={path}: no non-empty texts")
+    return splits
+
+
+@RAW_TEXT_SOURCES.register("txt")
+def load_txt(path: str, **_: Any) -> dict[str, list[str]]:
+    """A .txt file is one document; a folder gives one document per .txt file under it (sorted, recursive)."""
+    p = _existing(path)
+    files = sorted(p.rglob("*.txt")) if p.is_dir() else [p]
+    if not files:
+        raise DataError(f"data.path={path}: no .txt files in this folder")
+    return {"train": [f.read_text(encoding="utf-8", errors="replace") for f in files]}
+
+
+def _text_field(rows: Iterator[dict] | list[dict], path: str, text_column: str) -> list[str]:
+    out = []
+    for n, r in enumerate(rows, start=1):
+        if text_column not in r:
+            raise DataError(f"{path}: row {n} has no {text_column!r} field (has {sorted(r)}); set data.text_column")
+        out.append(str(r[text_column] or ""))
+    return out
+
+
+@RAW_TEXT_SOURCES.register("jsonl")
+def load_raw_jsonl(path: str, text_column: str = "text", **_: Any) -> dict[str, list[str]]:
+    """Any JSONL with a text field; span JSONL (CUAD) gives its contract texts, spans ignored."""
+    rows = []
+    with open(_existing(path), encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
+    return {"train": _text_field(rows, path, text_column)}
+
+
+@RAW_TEXT_SOURCES.register("csv")
+def load_raw_csv(path: str, text_column: str = "text", **_: Any) -> dict[str, list[str]]:
+    with open(_existing(path), encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t" if path.lower().endswith(".tsv") else ","))
+    return {"train": _text_field(rows, path, text_column)}
+
+
+@RAW_TEXT_SOURCES.register("hf")
+def load_raw_hf(path: str, text_column: str = "text", **_: Any) -> dict[str, list[str]]:
+    ds = load_hf_dataset(path)
+    return {SPLIT_ALIASES.get(split, split): _text_field(iter(d), path, text_column) for split, d in ds.items()}

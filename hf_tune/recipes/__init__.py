@@ -3,6 +3,7 @@
 from hf_tune.recipes import (  # noqa: F401  (importing registers the recipe classes)
     clause_extraction,
     image_classification,
+    masked_lm,
     multitask,
     text_classification,
     token_classification,

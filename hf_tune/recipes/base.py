@@ -514,6 +514,7 @@ class Recipe:
                 data_collator=self.data_collator(),
                 processing_class=self.processing_class(),
                 compute_metrics=self.compute_metrics,
+                preprocess_logits_for_metrics=self.preprocess_logits(),
             )
             route_logs_to_stderr(trainer)
             metrics = trainer.evaluate(ds, metric_key_prefix=split)

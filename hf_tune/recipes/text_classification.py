@@ -10,13 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from hf_tune.augment import AugmentedTrainSet, build_augmenter, eda
 from hf_tune.data.documents import limit_splits, load_texts
 from hf_tune.data.splits import carve, concat_items, select, take_items
 from hf_tune.errors import DataError
 from hf_tune.heads import HEADS, SequenceHead
 from hf_tune.modeling import load_pretrained, resolve_model_name
 from hf_tune.recipes.base import Recipe, SmokeRun, register_kind
-from hf_tune.schema import BaseConfig, DataSplitsConfig, KindSpec, TextModelConfig
+from hf_tune.schema import BaseConfig, DataSplitsConfig, KindSpec, TextAugmentConfig, TextModelConfig
 from hf_tune.techniques import log
 
 
@@ -40,6 +41,8 @@ class TextDataConfig(DataSplitsConfig):
     max_eval_samples: int | None = None
     span_min_chars: int = 1
     """format=spans: skip clause texts shorter than this."""
+    augment: TextAugmentConfig = field(default_factory=TextAugmentConfig)
+    """EDA augmentation of training texts, made afresh each time an example is drawn (never at evaluation)."""
 
     def head_name(self) -> str:
         return "regression" if self.regression else "multi_label" if self.multi_label else "single_label"
@@ -59,7 +62,7 @@ class TextClassificationConfig(BaseConfig):
     data: TextDataConfig = field(default_factory=TextDataConfig)
 
     def validate(self) -> list[str]:
-        errors = super().validate() + self.data.split_errors()
+        errors = super().validate() + self.data.split_errors() + self.data.augment.errors()
         if self.data.multi_label and self.data.regression:
             errors.append("data.multi_label and data.regression are both true: choose one")
         elif not HEADS.get(self.data.head_name()).uses_class_loss and self.techniques.loss.name != "cross_entropy":
@@ -130,6 +133,9 @@ class TextClassificationRecipe(Recipe):
             seen = sorted({lab for r in splits["train"] for lab in (r["label"] if d.multi_label else [r["label"]])})
             self.label_names = list(d.labels) if d.labels else seen
         self.datasets = {name: self._encode(rows, d.path) for name, rows in splits.items()}
+        augmenter = build_augmenter(d.augment)
+        if augmenter is not None:
+            self.datasets["train"] = self._augmented(self.datasets["train"], splits["train"], *augmenter)
         log(f"data: {', '.join(f'{k}={len(v)}' for k, v in splits.items())}; {len(self.label_names)} classes")
 
     def build_model(self) -> None:
@@ -143,10 +149,27 @@ class TextClassificationRecipe(Recipe):
         }
         if self.cfg.model.dropout is not None:
             kwargs["classifier_dropout"] = self.cfg.model.dropout
-        self.model = load_pretrained(AutoModelForSequenceClassification, self.cfg.model.name, **kwargs)
+        self.model = load_pretrained(
+            AutoModelForSequenceClassification,
+            self.cfg.model.name,
+            pretrained_file=self.cfg.model.pretrained_file,
+            **kwargs,
+        )
+
+    def _augmented(self, encoded: EncodedTexts, rows: list[dict], synonyms, rates) -> AugmentedTrainSet:
+        max_length = self.cfg.data.max_length
+
+        def make(i: int, rng) -> dict[str, Any]:
+            text, _ = eda(rows[i]["text"], [], rng, synonyms, rates)
+            enc = self.tokenizer(text, truncation=True, max_length=max_length)
+            return {**dict(enc), "labels": encoded.labels[i]}
+
+        log(f"augmentation: {self.cfg.data.augment.prob:.0%} of training texts per draw (EDA, {rates})")
+        return AugmentedTrainSet(encoded, make, self.cfg.data.augment.prob)
 
     def train_labels(self):
-        return self.datasets["train"].labels
+        ds = self.datasets["train"]
+        return getattr(ds, "base", ds).labels
 
     def data_collator(self):
         from transformers import DataCollatorWithPadding

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from hf_tune.augment import AugmentedTrainSet, build_augmenter, eda
 from hf_tune.crf import CRF, crf_tagging_loss
 from hf_tune.data.clauses import cuad_metrics
 from hf_tune.data.documents import limit_splits, load_document_splits, prediction_row, read_documents_for_prediction
@@ -37,7 +38,7 @@ from hf_tune.heads import HEADS, TaggingHead
 from hf_tune.losses import masked_bce
 from hf_tune.modeling import load_pretrained, resolve_model_name
 from hf_tune.recipes.base import Recipe, SmokeRun, register_kind
-from hf_tune.schema import BaseConfig, DataSplitsConfig, KindSpec, LossConfig, TextModelConfig
+from hf_tune.schema import BaseConfig, DataSplitsConfig, KindSpec, LossConfig, TextAugmentConfig, TextModelConfig
 from hf_tune.techniques import log
 
 
@@ -74,6 +75,9 @@ class TokenDataConfig(DataSplitsConfig):
     max_eval_docs: int | None = None
     threshold: float = 0.5
     """multilabel: sigmoid threshold for B/I decisions."""
+    augment: TextAugmentConfig = field(default_factory=TextAugmentConfig)
+    """EDA augmentation of training windows, made afresh each time a window is drawn (never at evaluation);
+    span-safe: labels move with their words and no span loses its first or last word."""
 
     def head_name(self) -> str:
         return {"bio": "bio_tagging", "bio_crf": "bio_crf_tagging", "multilabel": "multilabel_tagging"}[self.scheme]
@@ -95,7 +99,7 @@ class TokenClassificationConfig(BaseConfig):
     data: TokenDataConfig = field(default_factory=TokenDataConfig)
 
     def validate(self) -> list[str]:
-        errors = super().validate() + self.data.split_errors()
+        errors = super().validate() + self.data.split_errors() + self.data.augment.errors()
         d = self.data
         if not 0 < d.stride <= d.window - 2:
             errors.append(f"data.stride must be in (0, data.window - 2], got stride={d.stride}, window={d.window}")
@@ -218,6 +222,9 @@ class TokenClassificationRecipe(Recipe):
             n: [encode_document(self.tokenizer, doc, d.window, d.stride) for doc in docs] for n, docs in splits.items()
         }
         self.datasets = {"train": self._train_windows(self.encoded["train"])}
+        augmenter = build_augmenter(d.augment)
+        if augmenter is not None:
+            self.datasets["train"] = self._augmented(self.datasets["train"], *augmenter)
         for s in ("val", "test"):
             if s in self.encoded:
                 self.datasets[s] = self._eval_windows(self.encoded[s])
@@ -249,13 +256,40 @@ class TokenClassificationRecipe(Recipe):
     def _train_windows(self, encoded: list[EncodedDoc]) -> list[dict]:
         rng = np.random.default_rng(self.cfg.data.split_seed)
         keep = self.cfg.data.negative_window_keep
-        out = []
+        out, self._train_sources = [], []
         for e in encoded:
             labels = self._token_labels(e)
             for a, b in e.windows:
                 if self.head.is_positive(labels[a:b]) or rng.random() < keep:
                     out.append(self._window_feature(e, a, b, labels))
+                    self._train_sources.append((e, a, b))
         return out
+
+    def _augmented(self, windows: list[dict], synonyms, rates) -> AugmentedTrainSet:
+        """Training windows whose augmented copies are made from the window's text and the spans in it, then
+        tokenised and labelled exactly like the original windows (truncated to the window if they grew)."""
+        d, known = self.cfg.data, set(self.categories)
+
+        def make(i: int, rng) -> dict[str, Any]:
+            e, a, b = self._train_sources[i]
+            c0, c1 = e.offsets[a][0], e.offsets[b - 1][1]
+            inside = [s for s in e.doc.spans if s.category in known and s.start < c1 and s.end > c0]
+            ranges = [(max(s.start, c0) - c0, min(s.end, c1) - c0) for s in inside]
+            text, moved = eda(e.doc.text[c0:c1], ranges, rng, synonyms, rates)
+            # spans that began before the window continue into it (I- at its first token, as in the original):
+            # a one-token prefix they cover is labelled with their start, then cut off again
+            pre = ". " if any(s.start < c0 for s in inside) else ""
+            spans = [
+                Span(0 if s.start < c0 else x + len(pre), y + len(pre), s.category)
+                for (x, y), s in zip(moved, inside, strict=True)
+                if x < y
+            ]
+            new = encode_document(self.tokenizer, Document(pre + text, spans, e.doc.id), d.window, d.stride)
+            p = sum(1 for o in new.offsets if o[1] <= len(pre.strip()))
+            return self._window_feature(new, p, min(len(new.ids), p + d.window - 2), self._token_labels(new))
+
+        log(f"augmentation: {d.augment.prob:.0%} of training windows per draw (EDA, span-safe, {rates})")
+        return AugmentedTrainSet(windows, make, d.augment.prob)
 
     def _eval_windows(self, encoded: list[EncodedDoc]) -> list[dict]:
         # order matters: compute_metrics maps predictions back to (document, window) in this order
@@ -276,7 +310,12 @@ class TokenClassificationRecipe(Recipe):
         }
         if self.cfg.model.dropout is not None:
             kwargs["classifier_dropout"] = self.cfg.model.dropout
-        self.model = load_pretrained(AutoModelForTokenClassification, self.cfg.model.name, **kwargs)
+        self.model = load_pretrained(
+            AutoModelForTokenClassification,
+            self.cfg.model.name,
+            pretrained_file=self.cfg.model.pretrained_file,
+            **kwargs,
+        )
         if self.head.name == "bio_crf_tagging":
             attach_crf(self.model, self.label_names)
 
@@ -290,7 +329,8 @@ class TokenClassificationRecipe(Recipe):
         return lambda logits, labels: masked_bce(logits, labels, gamma)
 
     def train_labels(self):
-        return np.concatenate([np.asarray(e["labels"]).reshape(-1) for e in self.datasets["train"]])
+        ds = self.datasets["train"]
+        return np.concatenate([np.asarray(e["labels"]).reshape(-1) for e in getattr(ds, "base", ds)])
 
     def data_collator(self):
         return TokenCollator(self.tokenizer, self.head)

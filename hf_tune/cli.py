@@ -32,7 +32,7 @@ from hf_tune.config import (
     load_run_config,
     load_saved_config,
 )
-from hf_tune.errors import ConfigError, DataError, Interrupted
+from hf_tune.errors import ConfigError, DataError, Interrupted, RunError
 from hf_tune.hub import HubError
 from hf_tune.modeling import ModelLoadError
 from hf_tune.recipes import RECIPES, plan_training, run_training
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"hf-tune {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RunError as exc:
+        print(f"hf-tune {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except Interrupted as exc:
         print(f"hf-tune {args.command}: {exc}: hf-tune {' '.join(argv)} resume=true", file=sys.stderr)
         return 130 if exc.signal_name == "SIGINT" else 143
@@ -166,9 +169,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cfg = load_run_config(model_dir, overrides, opts.get("task"))
     if not Path(args.input).exists():
         raise FileNotFoundError(f"{args.input}: input file or folder not found")
-    rows = _recipe_for(cfg).predict(
-        model_dir, args.input, batch_size=int(opts.get("batch_size", 32)), **_task_kwargs(opts)
-    )
+    batch_size = opts.get("batch_size", "32")
+    if not str(batch_size).isdigit() or int(batch_size) < 1:
+        raise ConfigError([f"batch_size={batch_size}: must be a whole number >= 1"])
+    rows = _recipe_for(cfg).predict(model_dir, args.input, batch_size=int(batch_size), **_task_kwargs(opts))
     if "output" not in opts:
         for row in rows:
             print(json.dumps(row), flush=True)

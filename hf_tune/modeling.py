@@ -185,6 +185,21 @@ def weights_fingerprint(name: str, pretrained_file: str | None = None) -> str:
     return json.dumps([name, stats])
 
 
+def check_positions(name: str, tokens: int, key: str) -> None:
+    """A window/length setting must fit the model's position embeddings (otherwise the first long batch crashes
+    inside the embedding lookup, after data and model have loaded)."""
+    from transformers import AutoConfig
+
+    try:
+        limit = getattr(AutoConfig.from_pretrained(resolve_model_name(name)), "max_position_embeddings", None)
+    except OSError:
+        return  # model.name itself fails to load a moment later, with its own message
+    if limit is not None and tokens > limit:
+        from hf_tune.errors import ConfigError
+
+        raise ConfigError([f"{key}={tokens}: model.name={name} has {limit} token positions; set {key} <= {limit}"])
+
+
 def saved_model_type(path: str) -> str | None:
     """``model_type`` of a local model folder's config.json (None for Hub ids)."""
     cfg = Path(path) / "config.json"

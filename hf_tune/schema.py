@@ -23,6 +23,8 @@ from hf_tune.registry import did_you_mean
 
 RESOLVED_CONFIG_NAME = "resolved_config.yaml"
 FINAL_MODEL_DIR = "model"
+COMPLETE_MARK = "hf_tune_complete.json"
+"""Written last into a checkpoint folder, once every part of it is on disk (see callbacks.MarkCheckpointComplete)."""
 SECRET_TRAINING_KEYS = ("hub_token",)
 
 
@@ -314,7 +316,7 @@ class BaseConfig:
     def validate(self) -> list[str]:
         """Cross-field checks; returns every problem found (empty when valid). Independent of how the run is
         launched (see :func:`launch_errors` for that), so a saved config validates the same everywhere."""
-        errors: list[str] = []
+        errors: list[str] = training_value_errors(self.training) + self._data_limit_errors()
         if self.resume and self.overwrite:
             errors.append("resume=true and overwrite=true conflict: choose one")
         t = self.training
@@ -354,6 +356,22 @@ class BaseConfig:
             errors.append("techniques.lora.enabled already freezes the base model: drop techniques.freeze.*")
         return errors
 
+    def _data_limit_errors(self) -> list[str]:
+        """``data.max_*`` subset sizes (max_train_samples, max_eval_docs, ...) must be positive when set."""
+        sections = [("data", getattr(self, "data", None))]
+        sections += [
+            (f"tasks.{n}.data", getattr(t, "data", None)) for n, t in (getattr(self, "tasks", None) or {}).items()
+        ]
+        errors = []
+        for prefix, data in sections:
+            if not dataclasses.is_dataclass(data):
+                continue
+            for f in dataclasses.fields(data):
+                v = getattr(data, f.name)
+                if f.name.startswith("max_") and isinstance(v, int) and not isinstance(v, bool) and v < 1:
+                    errors.append(f"{prefix}.{f.name} must be >= 1 (or null for all), got {v}")
+        return errors
+
     def output_dir(self) -> Path:
         return Path(self.training.get("output_dir") or f"runs/{self.recipe or self.task}")
 
@@ -384,6 +402,74 @@ class BaseConfig:
     def process_errors(self, world_size: int) -> list[str]:
         """Settings that cannot run with ``world_size`` processes (checked at launch only)."""
         return []
+
+
+POSITIVE_TRAINING_KEYS = ("learning_rate", "logging_steps", "save_steps", "eval_steps")
+AT_LEAST_ONE_TRAINING_KEYS = (
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "save_total_limit",
+)
+
+
+def training_value_errors(t: dict[str, Any]) -> list[str]:
+    """Values of ``training:`` that TrainingArguments would refuse late (or accept and then misbehave on),
+    each named by its key: ranges, the choices of its string enums, and the load_best_model_at_end pairing."""
+    from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    errors = []
+    for key in POSITIVE_TRAINING_KEYS:
+        v = t.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0:
+            errors.append(f"training.{key} must be > 0, got {v}")
+    for key in AT_LEAST_ONE_TRAINING_KEYS:
+        v = t.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 1:
+            errors.append(f"training.{key} must be >= 1, got {v}")
+    for key in ("weight_decay", "max_grad_norm", "warmup_steps"):
+        v = t.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+            errors.append(f"training.{key} must be >= 0, got {v}")
+    ls = t.get("label_smoothing_factor")
+    if isinstance(ls, (int, float)) and not 0 <= ls < 1:
+        errors.append(f"training.label_smoothing_factor must be in [0, 1), got {ls}")
+    max_steps = t.get("max_steps", -1)
+    if isinstance(max_steps, int) and (max_steps == 0 or max_steps < -1):
+        errors.append(f"training.max_steps must be > 0 (or -1: train num_train_epochs), got {max_steps}")
+    epochs = t.get("num_train_epochs")
+    if isinstance(epochs, (int, float)) and epochs <= 0 and not (isinstance(max_steps, int) and max_steps > 0):
+        errors.append(f"training.num_train_epochs must be > 0 (or set training.max_steps), got {epochs}")
+    for key, enum_cls in (
+        ("lr_scheduler_type", SchedulerType),
+        ("eval_strategy", IntervalStrategy),
+        ("save_strategy", SaveStrategy),
+        ("logging_strategy", IntervalStrategy),
+        ("optim", OptimizerNames),
+    ):
+        v = t.get(key)
+        choices = [e.value for e in enum_cls]
+        if isinstance(v, str) and v not in choices:
+            errors.append(
+                f"training.{key}: unknown value {v!r}{did_you_mean(v, choices)}; choices: {', '.join(choices)}"
+            )
+    if t.get("load_best_model_at_end"):
+        ev, sv = str(t.get("eval_strategy", "no")), str(t.get("save_strategy", "steps"))
+        if ev == "no" or ev != sv:
+            errors.append(
+                "training.load_best_model_at_end needs training.eval_strategy and training.save_strategy to be the "
+                f"same and not 'no' (got eval_strategy={ev}, save_strategy={sv})"
+            )
+        elif ev == "steps":
+            es, ss = t.get("eval_steps") or t.get("logging_steps", 500), t.get("save_steps", 500)
+            steps = [x for x in (es, ss) if isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 1]
+            if len(steps) == 2 and ss % es:
+                errors.append(
+                    f"training.load_best_model_at_end: save_steps={ss} must be a multiple of eval_steps={es} "
+                    f"(the best model must have been saved)"
+                )
+    return errors
 
 
 def launch_errors(cfg: BaseConfig, env: dict[str, str] | None = None) -> list[str]:

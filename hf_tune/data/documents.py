@@ -18,6 +18,36 @@ from hf_tune.registry import Registry
 DOC_SOURCES: Registry[Callable[..., dict[str, list[Document]]]] = Registry("document format")
 
 
+def read_text(path: str | Path) -> str:
+    """A file's text as UTF-8, or a DataError naming the file and the first undecodable byte."""
+    p = _existing(str(path))
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); "
+            f"re-save the file as UTF-8"
+        ) from None
+
+
+def jsonl_rows(path: str | Path) -> list[tuple[int, dict]]:
+    """``(line number, object)`` for each non-empty line; errors name the file and line."""
+    rows = []
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{n}: expected a JSON object per line, got {type(obj).__name__}")
+        rows.append((n, obj))
+    return rows
+
+
 def _detect(path: str) -> str:
     p = path.lower()
     if p.endswith((".jsonl", ".json")):
@@ -47,29 +77,32 @@ def load_span_jsonl(
 ) -> dict[str, list[Document]]:
     """One JSON object per line: ``{"text": ..., "spans": [{"start", "end", "category"}, ...]}``."""
     docs = []
-    with open(_existing(path), encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    for n, obj in jsonl_rows(path):
+        if text_field not in obj:
+            raise DataError(f"{path}:{n}: no {text_field!r} field (keys: {sorted(obj)}); set data.text_field")
+        text = obj[text_field]
+        if not isinstance(text, str):
+            raise DataError(f"{path}:{n}: {text_field!r} is {type(text).__name__}, expected a string")
+        raw_spans = obj.get(spans_field) or []
+        if not isinstance(raw_spans, list):
+            raise DataError(f"{path}:{n}: {spans_field!r} must be a list of span objects")
+        spans = []
+        for s in raw_spans:
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
-            if text_field not in obj:
-                raise DataError(f"{path}:{n}: no {text_field!r} field (keys: {sorted(obj)}); set data.text_field")
-            text = obj[text_field]
-            spans = []
-            for s in obj.get(spans_field) or []:
-                try:
-                    span = Span(int(s[start_key]), int(s[end_key]), str(s[category_key]))
-                except KeyError as exc:
-                    raise DataError(
-                        f"{path}:{n}: span without {exc} (set data.start_key/end_key/category_key)"
-                    ) from exc
-                if not 0 <= span.start < span.end <= len(text):
-                    raise DataError(f"{path}:{n}: span {span.start}-{span.end} outside the text (length {len(text)})")
-                spans.append(span)
-            docs.append(Document(text, spans, str(obj.get("id", obj.get("title", n)))))
+                start, end = s[start_key], s[end_key]
+                if isinstance(start, bool) or isinstance(end, bool) or int(start) != start or int(end) != end:
+                    raise ValueError
+                span = Span(int(start), int(end), str(s[category_key]))
+            except KeyError as exc:
+                raise DataError(f"{path}:{n}: span without {exc} (set data.start_key/end_key/category_key)") from None
+            except (TypeError, ValueError):
+                raise DataError(
+                    f"{path}:{n}: span {s!r}: {start_key!r} and {end_key!r} must be integer character offsets"
+                ) from None
+            if not 0 <= span.start < span.end <= len(text):
+                raise DataError(f"{path}:{n}: span {span.start}-{span.end} outside the text (length {len(text)})")
+            spans.append(span)
+        docs.append(Document(text, spans, str(obj.get("id", obj.get("title", n)))))
     if not docs:
         raise DataError(f"{path}: no documents")
     return {"train": docs}
@@ -194,6 +227,10 @@ def _rows_to_examples(rows, path: str, text_column: str, label_column: str, mult
                 f"set data.text_column / data.label_column"
             )
         label = r[label_column]
+        if r[text_column] is None or not str(r[text_column]).strip():
+            raise DataError(f"{path}: row {n} has an empty {text_column!r}; fill it or drop the row")
+        if label is None or (isinstance(label, str) and not label.strip()):
+            raise DataError(f"{path}: row {n} has an empty {label_column!r}; fill it or drop the row")
         if multi_label:
             label = [str(x) for x in label] if isinstance(label, list) else [x for x in str(label).split("|") if x]
         else:
@@ -207,15 +244,25 @@ def _rows_to_examples(rows, path: str, text_column: str, label_column: str, mult
 @TEXT_SOURCES.register("csv")
 def load_csv(path: str, text_column: str = "text", label_column: str = "label", multi_label: bool = False, **_):
     """CSV/TSV with a header; multi-label cells separate labels with '|'."""
-    with open(_existing(path), encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t" if path.lower().endswith(".tsv") else ","))
+    rows = _csv_rows(path)
     return {"train": _rows_to_examples(rows, path, text_column, label_column, multi_label)}
+
+
+def _csv_rows(path: str) -> list[dict]:
+    import io
+
+    reader = csv.DictReader(
+        io.StringIO(read_text(path), newline=""), delimiter="\t" if path.lower().endswith(".tsv") else ","
+    )
+    try:
+        return list(reader)
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
 
 
 @TEXT_SOURCES.register("jsonl")
 def load_text_jsonl(path: str, text_column: str = "text", label_column: str = "label", multi_label: bool = False, **_):
-    with open(_existing(path), encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [obj for _, obj in jsonl_rows(path)]
     return {"train": _rows_to_examples(rows, path, text_column, label_column, multi_label)}
 
 
@@ -266,17 +313,14 @@ def read_documents_for_prediction(source: str, text_field: str = "text") -> Iter
         if not files:
             raise DataError(f"{source}: no .txt files found")
         for f in files:
-            yield Document(f.read_text(encoding="utf-8"), [], str(f))
+            yield Document(read_text(f), [], str(f))
     elif p.suffix.lower() in (".jsonl", ".json"):
-        with open(p, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if line.strip():
-                    obj = json.loads(line)
-                    if text_field not in obj:
-                        raise DataError(f"{source}:{n}: no {text_field!r} field; set data.text_field")
-                    yield Document(obj[text_field], [], str(obj.get("id", obj.get("title", n))))
+        for n, obj in jsonl_rows(p):
+            if not isinstance(obj.get(text_field), str):
+                raise DataError(f"{source}:{n}: no {text_field!r} string field; set data.text_field")
+            yield Document(obj[text_field], [], str(obj.get("id", obj.get("title", n))))
     else:
-        yield Document(p.read_text(encoding="utf-8"), [], str(p))
+        yield Document(read_text(p), [], str(p))
 
 
 def prediction_row(doc: Document, spans: list[tuple[Span, float]]) -> dict[str, Any]:
@@ -334,7 +378,7 @@ def load_txt(path: str, **_: Any) -> dict[str, list[str]]:
     files = sorted(p.rglob("*.txt")) if p.is_dir() else [p]
     if not files:
         raise DataError(f"data.path={path}: no .txt files in this folder")
-    return {"train": [f.read_text(encoding="utf-8", errors="replace") for f in files]}
+    return {"train": [read_text(f) for f in files]}
 
 
 def _text_field(rows: Iterator[dict] | list[dict], path: str, text_column: str) -> list[str]:
@@ -349,22 +393,12 @@ def _text_field(rows: Iterator[dict] | list[dict], path: str, text_column: str) 
 @RAW_TEXT_SOURCES.register("jsonl")
 def load_raw_jsonl(path: str, text_column: str = "text", **_: Any) -> dict[str, list[str]]:
     """Any JSONL with a text field; span JSONL (CUAD) gives its contract texts, spans ignored."""
-    rows = []
-    with open(_existing(path), encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
-    return {"train": _text_field(rows, path, text_column)}
+    return {"train": _text_field([obj for _, obj in jsonl_rows(path)], path, text_column)}
 
 
 @RAW_TEXT_SOURCES.register("csv")
 def load_raw_csv(path: str, text_column: str = "text", **_: Any) -> dict[str, list[str]]:
-    with open(_existing(path), encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t" if path.lower().endswith(".tsv") else ","))
-    return {"train": _text_field(rows, path, text_column)}
+    return {"train": _text_field(_csv_rows(path), path, text_column)}
 
 
 @RAW_TEXT_SOURCES.register("hf")

@@ -232,7 +232,7 @@ def _verify_images(files: list[str]) -> None:
     for f in files:
         try:
             with Image.open(f) as im:
-                im.verify()
+                im.load()  # a full decode: verify() passes files whose pixel data is truncated or corrupt
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             bad.append(f"{f} ({type(exc).__name__})")
     if bad:
@@ -243,10 +243,17 @@ def _verify_images(files: list[str]) -> None:
         )
 
 
+TEXT_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt", ".conll")
+
+
 def detect_format(path: str) -> str:
     for entry in IMAGE_SOURCES:
         if entry.name != "hf" and entry.meta["detect"](path):
             return entry.name
+    if Path(path).is_file():  # a file no image source claims is not a dataset name to look up on the Hub
+        hint = " (text data: use a text recipe)" if path.lower().endswith(TEXT_SUFFIXES) else ""
+        known = ", ".join(e.name for e in IMAGE_SOURCES)
+        raise DataError(f"data.path={path}: not an image source{hint}; image recipes read: {known} (data.format)")
     return "hf"
 
 

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from hf_tune.heads import Head
 from hf_tune.registry import Registry
 from hf_tune.schema import (
+    COMPLETE_MARK,
     FINAL_MODEL_DIR,
     RESOLVED_CONFIG_NAME,
     SECRET_TRAINING_KEYS,
@@ -41,25 +42,59 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Checkpoints whose save finished: marked complete (COMPLETE_MARK), or, for runs written before the mark
+    existed (no checkpoint has one), holding Trainer's trainer_state.json, which Trainer writes last."""
+    found = checkpoints(output_dir)
+    if any((p / COMPLETE_MARK).is_file() for p in found):
+        return [p for p in found if (p / COMPLETE_MARK).is_file()]
+    return [p for p in found if (p / "trainer_state.json").is_file()]
+
+
+def finished(output_dir: Path) -> bool:
+    """The final save completed: model/ holds its metrics.json, written after the weights and config."""
+    return (output_dir / FINAL_MODEL_DIR / METRICS_FILE).is_file()
+
+
+def set_aside_partial_checkpoints(output_dir: Path) -> list[str]:
+    """Rename checkpoint folders newer than the last complete one (a save that was killed) to
+    ``checkpoint-N.partial`` so neither resume nor Trainer's rotation picks them; nothing is deleted."""
+    done = complete_checkpoints(output_dir)
+    last = int(done[-1].name.split("-")[-1]) if done else -1
+    moved = []
+    for p in checkpoints(output_dir):
+        if p not in done and int(p.name.split("-")[-1]) > last:
+            target = p.with_name(f"{p.name}.partial")
+            if target.exists():
+                shutil.rmtree(target)
+            p.rename(target)
+            moved.append(p.name)
+    if moved:
+        log(f"skipped incomplete {', '.join(moved)} (a save that did not finish; kept as *.partial)")
+    return moved
+
+
 def check_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> Path | None:
     """Refuse to clobber finished or interrupted runs; return the checkpoint to resume from, if any.
 
     A finished run has ``model/``; an interrupted one has only ``checkpoint-*`` folders.
     """
-    finished = (output_dir / FINAL_MODEL_DIR).is_dir()
-    ckpts = checkpoints(output_dir)
+    done = finished(output_dir)
+    ckpts = complete_checkpoints(output_dir)
     if overwrite:
         return None
     if resume:
         if not ckpts:
+            partial = [p.name for p in checkpoints(output_dir)]
+            why = f" (only {', '.join(partial)}, whose save did not finish)" if partial else ""
             raise ConfigError(
                 [
-                    f"resume=true: no checkpoint-* folder in {output_dir} to resume from; "
-                    f"drop resume=true to start a new run"
+                    f"resume=true: no complete checkpoint-* folder in {output_dir} to resume from{why}; "
+                    f"drop resume=true to start a new run (overwrite=true if the folder is in use)"
                 ]
             )
         return ckpts[-1]
-    if finished:
+    if done:
         raise ConfigError(
             [
                 f"training.output_dir={output_dir} already holds a finished run ({FINAL_MODEL_DIR}/); "
@@ -67,9 +102,10 @@ def check_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> Path
             ]
         )
     if ckpts:
+        final = " (its final save did not finish)" if (output_dir / FINAL_MODEL_DIR).is_dir() else ""
         raise ConfigError(
             [
-                f"training.output_dir={output_dir} holds an interrupted run ({ckpts[-1].name}); pass "
+                f"training.output_dir={output_dir} holds an interrupted run{final} ({ckpts[-1].name}); pass "
                 f"resume=true to continue it, or overwrite=true to start over"
             ]
         )
@@ -84,8 +120,12 @@ def old_run_parts(output_dir: Path) -> list[Path]:
     """What an earlier hf_tune run wrote in ``output_dir``: its checkpoints and model/ (each marked by a
     resolved config) and its top-level metrics and config. Raises when a checkpoint-*/model folder was not
     written by hf_tune: overwrite=true never touches what it cannot recognise."""
-    folders = [p for p in [*checkpoints(output_dir), output_dir / FINAL_MODEL_DIR] if p.is_dir()]
-    foreign = [str(p) for p in folders if not (p / RESOLVED_CONFIG_NAME).is_file()]
+    partial = sorted(p for p in output_dir.glob("checkpoint-*.partial") if p.is_dir())
+    folders = [p for p in [*checkpoints(output_dir), *partial, output_dir / FINAL_MODEL_DIR] if p.is_dir()]
+    # a save killed half-way has Trainer's training_args.bin but not yet the resolved config
+    foreign = [
+        str(p) for p in folders if not (p / RESOLVED_CONFIG_NAME).is_file() and not (p / "training_args.bin").is_file()
+    ]
     if foreign:
         raise ConfigError(
             [
@@ -323,6 +363,9 @@ class Recipe:
         if self.cfg.overwrite and state.is_main_process:
             restore_run(self.output_dir)
             old_run_parts(self.output_dir)
+        if self.cfg.resume and state.is_main_process:
+            set_aside_partial_checkpoints(self.output_dir)
+        state.wait_for_everyone()
         self._resume_from = check_output_dir(self.output_dir, resume=self.cfg.resume, overwrite=self.cfg.overwrite)
         state.wait_for_everyone()
 
@@ -346,6 +389,11 @@ class Recipe:
         if cpu:
             kwargs["use_cpu"] = True
         kwargs.pop("resume_from_checkpoint", None)  # hf_tune resolves resuming itself (resume=true)
+        if "dataloader_pin_memory" not in kwargs:
+            import torch
+
+            # pinning helps only host-to-GPU copies; on CPU torch warns once per data loader that it is ignored
+            kwargs["dataloader_pin_memory"] = torch.cuda.is_available()
         for key in SECRET_TRAINING_KEYS:  # Trainer pickles its arguments into every training_args.bin;
             kwargs.pop(key, None)  # hf_tune pushes itself and reads the token from the config in memory
         # hf_tune pushes the finished model/ folder with its card itself (Recipe.push); Trainer's own push
@@ -355,7 +403,10 @@ class Recipe:
             from hf_tune.optim import OPTIMIZERS
 
             kwargs["optim"] = OPTIMIZERS.entry(self.cfg.techniques.optim.name).meta["trainer_optim"]
-        args = TrainingArguments(**kwargs)
+        try:
+            args = TrainingArguments(**kwargs)
+        except (ValueError, TypeError) as exc:  # a combination TrainingArguments refuses: its message names the keys
+            raise ConfigError([f"training: {exc}"], self.cfg.recipe) from None
         self.max_grad_norm = float(args.max_grad_norm)
         t = self.cfg.techniques
         if hf_tune_clips(t.clipping, t.monitor):
@@ -363,7 +414,7 @@ class Recipe:
         return args
 
     def _setup_trainer(self) -> None:
-        from hf_tune.callbacks import SaveResolvedConfig, StopOnSignal, route_logs_to_stderr
+        from hf_tune.callbacks import MarkCheckpointComplete, SaveResolvedConfig, StopOnSignal, route_logs_to_stderr
 
         self._stop = StopOnSignal()
         from hf_tune.techniques import (
@@ -403,6 +454,7 @@ class Recipe:
         )
         if self._unfreeze is not None:
             self.trainer.add_callback(self._unfreeze)
+        self.trainer.add_callback(MarkCheckpointComplete())  # last: after every part of a checkpoint is written
         route_logs_to_stderr(self.trainer)
 
     def trainer_extras(self) -> dict[str, Any]:
@@ -606,5 +658,12 @@ def run_training(recipe: Recipe) -> TrainResult:
         return TrainResult(
             metrics, final, recipe.output_dir, trainer.is_world_process_zero(), trainer.args.process_index
         )
+    except (OSError, RuntimeError) as exc:  # disk full / permission: said as such, not as a torch traceback
+        from hf_tune.errors import environment_error
+
+        env = environment_error(exc, recipe.output_dir)
+        if env is None:
+            raise
+        raise env from exc
     finally:
         recipe.cleanup()

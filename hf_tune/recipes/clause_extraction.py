@@ -27,7 +27,7 @@ from hf_tune.data.spans import IGNORE, Document, Span, bio_labels, bio_token_lab
 from hf_tune.data.splits import carve, concat_items, select, take_items
 from hf_tune.errors import DataError
 from hf_tune.heads import HEADS, Head
-from hf_tune.modeling import load_pretrained, resolve_model_name, weights_fingerprint
+from hf_tune.modeling import check_positions, load_pretrained, resolve_model_name, weights_fingerprint
 from hf_tune.recipes.base import Recipe, SmokeRun, register_kind
 from hf_tune.schema import BaseConfig, DataSplitsConfig, KindSpec, LossConfig
 from hf_tune.techniques import log
@@ -295,6 +295,7 @@ class ClauseExtractionRecipe(Recipe):
         d = self.cfg.data
         name = resolve_model_name(self.cfg.model.name)
         self.tokenizer = AutoTokenizer.from_pretrained(name)
+        check_positions(self.cfg.model.name, self.cfg.model.unit_max_tokens, "model.unit_max_tokens")
         splits = self._carved(self._source_splits())
         self.docs = limit_splits(splits, d.max_train_docs, d.max_eval_docs, d.split_seed, d.path)
         seen = sorted({s.category for doc in self.docs["train"] for s in doc.spans})

@@ -27,7 +27,7 @@ from hf_tune.data.splits import carve, concat_items, select, take_items
 from hf_tune.errors import DataError
 from hf_tune.heads import HEADS, Head
 from hf_tune.metrics import masked_lm_metrics, masked_token_stats
-from hf_tune.modeling import load_pretrained, resolve_model_name
+from hf_tune.modeling import check_positions, load_pretrained, resolve_model_name
 from hf_tune.recipes.base import Recipe, SmokeRun, register_kind
 from hf_tune.schema import BaseConfig, DataSplitsConfig, KindSpec, TextModelConfig
 from hf_tune.techniques import log
@@ -166,6 +166,7 @@ class MaskedLMRecipe(Recipe):
 
         d = self.cfg.data
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(self.cfg.model.name))
+        check_positions(self.cfg.model.name, d.block_size, "data.block_size")
         if self.tokenizer.mask_token is None:
             raise DataError(f"model.name={self.cfg.model.name}: its tokenizer has no mask token; not a masked LM")
         splits = self._carved(self._source_splits())

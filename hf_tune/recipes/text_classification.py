@@ -15,7 +15,7 @@ from hf_tune.data.documents import limit_splits, load_texts
 from hf_tune.data.splits import carve, concat_items, select, take_items
 from hf_tune.errors import DataError
 from hf_tune.heads import HEADS, SequenceHead
-from hf_tune.modeling import load_pretrained, resolve_model_name
+from hf_tune.modeling import check_positions, load_pretrained, resolve_model_name
 from hf_tune.recipes.base import Recipe, SmokeRun, register_kind
 from hf_tune.schema import BaseConfig, DataSplitsConfig, KindSpec, TextAugmentConfig, TextModelConfig
 from hf_tune.techniques import log
@@ -125,6 +125,7 @@ class TextClassificationRecipe(Recipe):
 
         d = self.cfg.data
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(self.cfg.model.name))
+        check_positions(self.cfg.model.name, d.max_length, "data.max_length")
         splits = self._carved(self._source_splits())
         splits = limit_splits(splits, d.max_train_samples, d.max_eval_samples, d.split_seed, d.path)
         if d.regression:

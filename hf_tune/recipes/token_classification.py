@@ -36,7 +36,7 @@ from hf_tune.data.splits import carve, concat_items, select, take_items
 from hf_tune.errors import DataError
 from hf_tune.heads import HEADS, TaggingHead
 from hf_tune.losses import masked_bce
-from hf_tune.modeling import load_pretrained, resolve_model_name
+from hf_tune.modeling import check_positions, load_pretrained, resolve_model_name
 from hf_tune.recipes.base import Recipe, SmokeRun, register_kind
 from hf_tune.schema import BaseConfig, DataSplitsConfig, KindSpec, LossConfig, TextAugmentConfig, TextModelConfig
 from hf_tune.techniques import log
@@ -204,6 +204,7 @@ class TokenClassificationRecipe(Recipe):
 
         d = self.cfg.data
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(self.cfg.model.name))
+        check_positions(self.cfg.model.name, d.window, "data.window")
         splits = limit_splits(
             self._carved(self._source_splits()), d.max_train_docs, d.max_eval_docs, d.split_seed, d.path
         )

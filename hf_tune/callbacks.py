@@ -27,6 +27,23 @@ class SaveResolvedConfig(TrainerCallback):
                 discard_replaced_run(Path(args.output_dir))
 
 
+class MarkCheckpointComplete(TrainerCallback):
+    """Added after every other callback: once Trainer's files, the resolved config and the EMA weights of a
+    checkpoint are written, mark it complete (a small file renamed into place). Resume trusts only marked
+    checkpoints, so a kill in the middle of a save leaves a folder that is skipped, not one that fails."""
+
+    def on_save(self, args, state, control, **kwargs):
+        import json
+
+        from hf_tune.schema import COMPLETE_MARK
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            tmp = folder / f".{COMPLETE_MARK}.tmp"
+            tmp.write_text(json.dumps({"step": state.global_step}))
+            tmp.replace(folder / COMPLETE_MARK)
+
+
 class StopOnSignal(TrainerCallback):
     """SIGINT (Ctrl-C) or SIGTERM during training: finish the current step, save a checkpoint and stop, so the
     run resumes with ``resume=true`` and loses nothing. A second signal stops at once (the default action).

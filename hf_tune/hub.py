@@ -255,6 +255,8 @@ def push_model(
         raise HubError(f"{model_dir}: no config.json; pass a finished run folder or its model/ folder")
     metrics_file = model_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    card = model_dir / "README.md"
+    before = card.read_text() if card.is_file() else None
     write_model_card(cfg, model_dir, metrics, repo_id)
     api = HfApi(token=token)
     try:
@@ -265,15 +267,37 @@ def push_model(
             commit_message=commit_message,
             ignore_patterns=["training_args.bin", "*.tmp"],
         )
-    except HfHubHTTPError as exc:
-        raise HubError(f"push to {repo_id} failed: {_without_token(str(exc), token)}") from None
-    except OSError as exc:  # no network, DNS, proxy
+    except Exception as exc:  # every failure: one message, the card as it was (it must not name a missing repo)
+        if before is None:
+            card.unlink(missing_ok=True)
+        else:
+            card.write_text(before)
+        reason = push_failure_reason(exc, repo_id, HfHubHTTPError)
         raise HubError(
-            f"push to {repo_id} failed: the Hugging Face Hub is unreachable ({type(exc).__name__}); "
-            f"the model stays in {model_dir}, push it later with `hf-tune push {model_dir} {repo_id}`"
+            f"push to {repo_id} failed: {_without_token(reason, token)}. The model stays in {model_dir}; "
+            f"push it later with `hf-tune push {model_dir} {repo_id}`"
         ) from None
     return str(url)
 
 
+def push_failure_reason(exc: Exception, repo_id: str, http_error: type) -> str:
+    """What went wrong in words a user can act on (auth, permission, offline mode, network, other)."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, http_error) and status == 401:
+        return "the Hub refused the token (401): give a valid write token (HF_TOKEN, `hf auth login`)"
+    if isinstance(exc, http_error) and status == 403:
+        return f"the token may not write to {repo_id} (403): use a write token of the owner of that namespace"
+    if "offline" in type(exc).__name__.lower():
+        return "HF_HUB_OFFLINE is set, so nothing can be pushed; unset it on a machine with network access"
+    network = ("Connect", "Timeout", "Network", "Proxy", "SSL", "Resolution")
+    if isinstance(exc, OSError) or any(w in type(exc).__name__ for w in network):
+        return f"the Hugging Face Hub is unreachable ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+
+
 def _without_token(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
+    """``text`` with the token, and anything shaped like a Hugging Face token (hf_...), replaced by ***."""
+    import re
+
+    text = text.replace(token, "***") if token else text
+    return re.sub(r"hf_[A-Za-z0-9]{6,}", "***", text)

@@ -166,19 +166,48 @@ def test_train_with_push_to_hub_pushes_privately_and_keeps_token_out(
     assert got["label"] == mine["label"] and got["score"] == pytest.approx(mine["score"], abs=1e-4)
 
 
-def test_push_without_network_is_a_clear_error(tiny_image_args, tmp_path, capsys, monkeypatch):
+def _http_error(status: int):
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    request = httpx.Request("POST", "https://huggingface.co/api/repos/create")
+    return HfHubHTTPError(f"{status} Client Error", response=httpx.Response(status, request=request))
+
+
+def _push_failures():
+    import httpx
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    return {
+        "no network": (ConnectionError("Failed to resolve 'huggingface.co'"), "unreachable"),
+        "httpx connect": (httpx.ConnectError("[Errno -3] Temporary failure in name resolution"), "unreachable"),
+        "bad token": (_http_error(401), "refused the token"),
+        "no permission": (_http_error(403), "may not write to me/x"),
+        "offline mode": (OfflineModeIsEnabled("offline"), "HF_HUB_OFFLINE"),
+        "token echoed": (RuntimeError("bad token hf_SECRETTOKEN1234"), "RuntimeError"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["no network", "httpx connect", "bad token", "no permission", "offline mode", "token echoed"]
+)
+def test_push_failures_are_clear_and_leave_the_card_as_it_was(case, tiny_image_args, tmp_path, capsys, monkeypatch):
     from huggingface_hub import HfApi
 
     assert main(["train", *tiny_image_args]) == 0
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
     capsys.readouterr()
+    exc, message = _push_failures()[case]
 
-    def offline(*a, **k):
-        raise ConnectionError("Failed to resolve 'huggingface.co'")
+    def fail(*a, **k):
+        raise exc
 
-    monkeypatch.setattr(HfApi, "create_repo", offline)
+    monkeypatch.setattr(HfApi, "create_repo", fail)
     assert main(["push", str(tmp_path / "run"), "me/x"]) == 2
     err = capsys.readouterr().err
-    assert "unreachable" in err and "hf-tune push" in err
+    assert message in err and "hf-tune push" in err and "Traceback" not in err
+    assert "hf_SECRETTOKEN1234" not in err
+    assert (tmp_path / "run" / "model" / "README.md").read_text() == card
 
 
 def _token_and_multitask_args(kind, model, data, out):

@@ -60,6 +60,28 @@ def test_evaluation_masks_are_fixed_and_training_masks_are_fresh(tiny_bert: Path
     assert not torch.equal(a, collator(blocks)["labels"])
 
 
+def test_unlabelled_text_sources(tmp_path: Path):
+    from hf_tune.data.documents import load_raw_texts
+    from hf_tune.errors import DataError
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("first contract")
+    (tmp_path / "docs" / "sub").mkdir()
+    (tmp_path / "docs" / "sub" / "b.txt").write_text("second contract")
+    assert load_raw_texts(str(tmp_path / "docs")) == {"train": ["first contract", "second contract"]}
+    assert load_raw_texts(str(tmp_path / "docs" / "a.txt")) == {"train": ["first contract"]}
+    spans = tmp_path / "spans.jsonl"
+    spans.write_text(json.dumps({"text": "a deal", "spans": [{"start": 0, "end": 1, "category": "X"}]}) + "\n")
+    assert load_raw_texts(str(spans)) == {"train": ["a deal"]}
+    (tmp_path / "t.csv").write_text("body,x\nhello,1\n")
+    assert load_raw_texts(str(tmp_path / "t.csv"), text_column="body") == {"train": ["hello"]}
+    with pytest.raises(DataError, match="no 'text' field"):
+        load_raw_texts(str(tmp_path / "t.csv"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no .txt files"):
+        load_raw_texts(str(tmp_path / "empty"))
+
+
 # ---------------------------------------------------------------------------------------------- weights from files
 
 
@@ -237,6 +259,7 @@ def test_masked_lm_adaptation_lowers_perplexity_and_feeds_every_text_kind(tmp_pa
     for recipe, extra in (
         ("clause_type_minilm", {"data.path": str(contracts)}),
         ("contract_tagging_minilm", {"data.path": str(contracts), "data.window": 32, "data.stride": 16}),
+        ("contract_clauses_minilm", {"data.path": str(contracts)}),
         (
             "contracts_multitask",
             {

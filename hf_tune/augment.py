@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hf_tune.data.draws import ItemDraws
 from hf_tune.errors import DataError
 from hf_tune.registry import Registry
 
@@ -218,14 +219,14 @@ def _join(words: list[_Word], n_spans: int) -> tuple[str, list[tuple[int, int]]]
     return " ".join(parts), [(starts.get(i, 0), ends.get(i, 0)) for i in range(n_spans)]
 
 
-class AugmentedTrainSet:
+class AugmentedTrainSet(ItemDraws):
     """A training set whose item ``i`` is, with probability ``prob`` each time it is drawn, a fresh augmented
     copy (``make(i, rng)``) instead of the stored one.
 
-    The decision and the copy's seed come from torch's global RNG, which Trainer seeds (``training.seed``),
-    gives each DataLoader worker and restores on resume, so a run is reproducible and a resumed run draws
-    what the uninterrupted one would have. Only the training split is ever wrapped: evaluation sees the data
-    as it is."""
+    The decision and the copy's draws come from a generator seeded by (``training.seed``, epoch, ``i``)
+    (:class:`~hf_tune.data.draws.ItemDraws`), so a run is reproducible, every epoch draws anew, and a resumed
+    run draws exactly what the uninterrupted one did. Only the training split is ever wrapped: evaluation sees
+    the data as it is."""
 
     def __init__(self, base, make: Callable[[int, np.random.Generator], dict], prob: float) -> None:
         self.base, self.make, self.prob = base, make, prob
@@ -234,11 +235,9 @@ class AugmentedTrainSet:
         return len(self.base)
 
     def __getitem__(self, i: int):
-        import torch
-
-        if self.prob > 0 and float(torch.rand(())) < self.prob:
-            seed = int(torch.randint(0, 2**62, ()))
-            return self.make(i, np.random.default_rng(seed))
+        rng = self.item_rng(i)
+        if self.prob > 0 and rng.random() < self.prob:
+            return self.make(i, rng)
         return self.base[i]
 
 

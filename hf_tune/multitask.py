@@ -73,6 +73,12 @@ class TaskMixture(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    def set_epoch(self, epoch: int) -> None:
+        """Passed on to the tasks' datasets (augmentation draws per epoch, see hf_tune.data.draws)."""
+        for d in self.datasets:
+            if hasattr(d, "set_epoch"):
+                d.set_epoch(epoch)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         k = int(np.searchsorted(self.offsets, i, side="right") - 1)
         item = dict(self.datasets[k][i - int(self.offsets[k])])

@@ -117,7 +117,7 @@ def tiny_bert(tmp_path_factory) -> Path:
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=128,
+        max_position_embeddings=512,  # as BERT-base and MiniLM: shipped recipes fit it
     )
     BertModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)

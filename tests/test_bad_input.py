@@ -206,7 +206,7 @@ def test_window_longer_than_the_model_positions_is_refused_before_training(tmp_p
 
     overrides = {"data.path": str(contracts_jsonl), "model.name": str(tiny_bert), "data.window": 1024}
     cfg = Run.from_recipe("contract_tagging_minilm", **overrides, **{"training.output_dir": str(tmp_path / "r")}).cfg
-    with pytest.raises(ConfigError, match="data.window=1024: .* 128 token positions"):
+    with pytest.raises(ConfigError, match="data.window=1024: .* 512 token positions"):
         RECIPES.get(cfg.task)(cfg).prepare_data()
 
 
@@ -235,7 +235,7 @@ def test_image_with_a_broken_data_stream_is_named_before_training(tmp_path):
     data = bytearray(bad.read_bytes())
     start = data.index(b"IDAT") + 4
     length = int.from_bytes(data[start - 8 : start - 4], "big")
-    data[start : start + length] = zlib.compress(b"\x00" * 7)[: length].ljust(length, b"\x00")  # wrong pixels
+    data[start : start + length] = zlib.compress(b"\x00" * 7)[:length].ljust(length, b"\x00")  # wrong pixels
     crc = zlib.crc32(bytes(data[start - 4 : start + length])).to_bytes(4, "big")
     data[start + length : start + length + 4] = crc  # a valid chunk checksum: Image.verify() accepts the file
     bad.write_bytes(bytes(data))

@@ -166,18 +166,28 @@ def test_train_with_push_to_hub_pushes_privately_and_keeps_token_out(
     assert got["label"] == mine["label"] and got["score"] == pytest.approx(mine["score"], abs=1e-4)
 
 
+def _http():
+    """The HTTP client huggingface_hub is built on (httpx2 since huggingface_hub 2, httpx before)."""
+    import importlib
+
+    try:
+        return importlib.import_module("httpx2")
+    except ImportError:
+        return importlib.import_module("httpx")
+
+
 def _http_error(status: int):
-    import httpx
     from huggingface_hub.errors import HfHubHTTPError
 
+    httpx = _http()
     request = httpx.Request("POST", "https://huggingface.co/api/repos/create")
     return HfHubHTTPError(f"{status} Client Error", response=httpx.Response(status, request=request))
 
 
 def _push_failures():
-    import httpx
     from huggingface_hub.errors import OfflineModeIsEnabled
 
+    httpx = _http()
     return {
         "no network": (ConnectionError("Failed to resolve 'huggingface.co'"), "unreachable"),
         "httpx connect": (httpx.ConnectError("[Errno -3] Temporary failure in name resolution"), "unreachable"),

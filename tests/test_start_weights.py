@@ -281,4 +281,4 @@ def test_masked_lm_adaptation_lowers_perplexity_and_feeds_every_text_kind(tmp_pa
         prefix = next(p for p in ("bert.", "encoder.", "") if all(f"{p}{k}" in state for k in adapted))
         for k, v in adapted.items():
             assert torch.equal(state[f"{prefix}{k}"], v), (recipe, k)
-        assert any(k.startswith(("classifier", "heads")) for k in state), recipe  # a new task head
+        assert any(k.startswith(("classifier", "heads", "unit_head")) for k in state), recipe  # a new task head

@@ -417,6 +417,7 @@ class Recipe:
         from hf_tune.callbacks import MarkCheckpointComplete, SaveResolvedConfig, StopOnSignal, route_logs_to_stderr
 
         self._stop = StopOnSignal()
+        from hf_tune.data.draws import seed_item_draws
         from hf_tune.techniques import (
             apply_transfer_controls,
             build_ema_callback,
@@ -426,6 +427,7 @@ class Recipe:
         from hf_tune.trainer import HfTuneTrainer
 
         t = self.cfg.techniques
+        seed_item_draws(self.datasets.get("train"), self.args.seed)  # augmentation draws per (seed, epoch, item)
         # after the model, before Trainer builds the optimizer from it
         self.model, self._unfreeze = apply_transfer_controls(self.model, t.freeze, t.lora, self.spec.lora_task_type)
         self.trainer = HfTuneTrainer(

@@ -235,7 +235,8 @@ class ImageClassificationRecipe(Recipe):
                 s,
                 tr if name == "train" else ev,
                 self._mode,
-                cache_mb=0.0 if name == "train" and d.augment else d.cache_mb,
+                cache_mb=d.cache_mb,
+                random=name == "train" and d.augment,
             )
             for name, s in self._splits.items()
         }

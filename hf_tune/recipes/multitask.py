@@ -11,6 +11,7 @@ save/evaluate/predict entry points.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -91,6 +92,12 @@ class MultitaskOptions:
     pcgrad: bool = False
     """Project away conflicting task gradients on the shared encoder (PCGrad). One extra backward per task;
     single process only."""
+
+
+def _task_key(task: str, error: str) -> str:
+    """``data.max_length=256: ...`` -> ``tasks.NAME.data.max_length=256: ...``: a task's data keys as the user
+    writes them (``model.*`` is shared by every task and keeps its name)."""
+    return re.sub(r"(?<![\w.])data\.", f"tasks.{task}.data.", error)
 
 
 def _reserved_by_torch(name: str) -> bool:
@@ -345,7 +352,10 @@ class MultitaskRecipe(Recipe):
         self._make_subs()
         for n, sub in self.subs.items():
             log(f"task {n} ({self.cfg.tasks[n].type}):")
-            sub.prepare_data()
+            try:
+                sub.prepare_data()
+            except ConfigError as exc:  # a task's own check names its key as in a single-task recipe
+                raise ConfigError([_task_key(n, e) for e in exc.errors]) from None
         modality = self.cfg.modality()
         self.tokenizer = next((getattr(s, "tokenizer", None) for s in self.subs.values()), None)
         if modality != "text":

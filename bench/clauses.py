@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-DEFAULT_DATA = SHARED / "data" / "cuad" / "cuad_train.jsonl"
-BASELINE = SHARED / "bench" / "baseline_sentence_cuad.py"
+sys.path.insert(0, str(REPO / "bench"))
+from data_paths import BASELINES, require  # noqa: E402
+from data_paths import CUAD as DEFAULT_DATA  # noqa: E402  ($HF_TUNE_DATA or ../shared/data)
 
 
 def split(data: Path, heldout: int, out: Path) -> tuple[Path, Path]:
@@ -88,10 +88,10 @@ def _first(word_ids):
     return first_subword_mask(word_ids)
 
 
-def baseline(train: Path, test: Path, n_docs: int) -> dict:
+def baseline(script: Path, train: Path, test: Path, n_docs: int) -> dict:
     t0 = time.time()
     out = subprocess.run(
-        [sys.executable, str(BASELINE), str(train), str(test), str(n_docs)], capture_output=True, text=True, check=True
+        [sys.executable, str(script), str(train), str(test), str(n_docs)], capture_output=True, text=True, check=True
     ).stdout
     rows = re.findall(
         r"thr ([\d.]+): predicted (\d+) spans \(gold (\d+)\), exact F1 ([\d.]+), overlap F1 ([\d.]+)", out
@@ -170,7 +170,8 @@ def without_decoding_tuning(run: Path, test: Path, out: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CUAD span JSONL")
+    ap.add_argument("--baseline", type=Path, default=BASELINES / "baseline_sentence_cuad.py")
     ap.add_argument("--heldout", type=int, default=41)
     ap.add_argument("--baseline-docs", type=int, default=100)
     ap.add_argument("--skip-baseline", action="store_true")
@@ -180,9 +181,9 @@ def main() -> None:
     ap.add_argument("--feature-cache", type=Path, default=None, help="default: the recipe row's own cache")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hf_tune_bench_clauses_"))
-    train, test = split(args.data, args.heldout, tmp)
+    train, test = split(require(args.data, "cuad"), args.heldout, tmp)
     if not args.skip_baseline:
-        print(json.dumps(baseline(train, test, args.baseline_docs)), flush=True)
+        print(json.dumps(baseline(require(args.baseline, "baselines"), train, test, args.baseline_docs)), flush=True)
     cache = args.feature_cache
     if not args.skip_recipe:
         run = tmp / "run"

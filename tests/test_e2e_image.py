@@ -100,7 +100,9 @@ def test_script_entry_point_runs_as_a_file(tiny_image_args, tmp_path):
         [python(), str(REPO / "hf_tune" / "train.py"), *args], capture_output=True, text=True, cwd=tmp_path, timeout=300
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads(r.stdout.strip().splitlines()[-1])["model_dir"].endswith("model")
+    lines = r.stdout.strip().splitlines()
+    assert [type(json.loads(line)) for line in lines] == [dict]  # stdout: JSON lines only, logs go to stderr
+    assert json.loads(lines[-1])["model_dir"].endswith("model")
 
 
 def test_focal_loss_with_balanced_weights_trains(tiny_image_args, tmp_path, capsys):

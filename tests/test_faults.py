@@ -5,7 +5,11 @@ uninterrupted one (EMA and augmentation on)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,14 +41,53 @@ def _same_weights(a: Path, b: Path) -> float:
     return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
 
 
-def test_kill_during_a_checkpoint_save_resumes_from_the_previous_one_to_the_same_weights(
+KILLER = """
+import os, signal, sys
+import torch
+
+import hf_tune.recipes.base as base
+from hf_tune.cli import main
+
+where = os.environ["KILL_AT"]
+real_save = torch.save
+
+
+def killed_half_way(obj, f, *args, **kwargs):
+    if where == "checkpoint" and "checkpoint-4" in str(f) and str(f).endswith("optimizer.pt"):
+        with open(f, "wb") as half:  # part of the file is on disk when the process dies
+            half.write(b"PK\\x03\\x04 partial")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+
+
+def killed_after_the_weights(self, model_dir):
+    os.kill(os.getpid(), signal.SIGKILL)  # model/ has its weights, not yet its config and metrics
+
+
+torch.save = killed_half_way
+if where == "final":
+    base.Recipe.save_extras = killed_after_the_weights
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _killed_run(args: list[str], where: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``hf-tune train ARGS`` in a process that SIGKILLs itself at ``where`` (a real kill, not a simulation)."""
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    env = {**os.environ, "KILL_AT": where}
+    return subprocess.run([sys.executable, str(script), "train", *args], env=env, capture_output=True, text=True)
+
+
+def test_sigkill_during_a_checkpoint_write_resumes_from_the_previous_one_to_the_same_weights(
     tiny_image_args, tmp_path, capsys
 ):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert main(["train", *_image_args(tiny_image_args, straight)]) == 0
-    assert main(["train", *_image_args(tiny_image_args, killed)]) == 0
-    assert (killed / "checkpoint-2" / COMPLETE_MARK).is_file()
-    _kill_during_last_save(killed)
+    proc = _killed_run(_image_args(tiny_image_args, killed), "checkpoint", tmp_path)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (killed / "checkpoint-2" / COMPLETE_MARK).is_file() and (killed / "checkpoint-4").is_dir()
+    assert not (killed / "checkpoint-4" / COMPLETE_MARK).exists()
     capsys.readouterr()
     assert main(["train", *_image_args(tiny_image_args, killed)]) == 2  # not "finished", not silently restarted
     assert "holds an interrupted run" in capsys.readouterr().err
@@ -52,19 +95,24 @@ def test_kill_during_a_checkpoint_save_resumes_from_the_previous_one_to_the_same
     err = capsys.readouterr().err
     assert "skipped incomplete checkpoint-4" in err and "resuming from" in err and "checkpoint-2" in err
     assert (killed / "checkpoint-4.partial").is_dir()
-    assert _same_weights(straight, killed) == 0.0
+    assert _same_weights(straight, killed) == 0.0  # EMA and augmentation on
 
 
-def test_kill_during_the_final_save_is_an_interrupted_run(tiny_image_args, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["train", *_image_args(tiny_image_args, run)]) == 0
-    (run / "model" / "metrics.json").unlink()  # killed after the weights, before the final save completed
+def test_sigkill_during_the_final_save_is_an_interrupted_run_that_resumes(tiny_image_args, tmp_path, capsys):
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    assert main(["train", *_image_args(tiny_image_args, straight)]) == 0
+    proc = _killed_run(_image_args(tiny_image_args, run), "final", tmp_path)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (run / "model" / "model.safetensors").is_file() and not (run / "model" / "metrics.json").exists()
     capsys.readouterr()
     assert main(["train", *_image_args(tiny_image_args, run)]) == 2
     err = capsys.readouterr().err
     assert "its final save did not finish" in err and "resume=true" in err and "overwrite=true" in err
+    assert main(["evaluate", str(run), f"data.path={tiny_image_args[1].split('=', 1)[1]}"]) == 2
+    assert "interrupted run" in capsys.readouterr().err  # not evaluated as if it were finished
     assert main(["train", *_image_args(tiny_image_args, run), "resume=true"]) == 0
     assert (run / "model" / "metrics.json").is_file()
+    assert _same_weights(straight, run) == 0.0
 
 
 def test_disk_full_during_a_save_is_named_and_keeps_earlier_checkpoints(tiny_image_args, tmp_path, capsys, monkeypatch):

@@ -79,6 +79,8 @@ def check_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> Path
 
     A finished run has ``model/``; an interrupted one has only ``checkpoint-*`` folders.
     """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError([f"training.output_dir={output_dir} is a file, not a folder: choose another output_dir"])
     done = finished(output_dir)
     ckpts = complete_checkpoints(output_dir)
     if overwrite:
@@ -110,6 +112,38 @@ def check_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> Path
             ]
         )
     return None
+
+
+RESUME_FIXED_SECTIONS = ("task", "model")
+"""What a resumed run may not change: the checkpoint's weights and optimizer state belong to that model."""
+
+
+def resume_conflicts(checkpoint: Path, cfg: BaseConfig) -> list[str]:
+    """Keys of ``task``/``model`` whose value differs from the checkpoint's resolved config, each as an error
+    (keys the checkpoint's config does not have, from an older hf_tune, are not compared)."""
+    import yaml
+
+    from hf_tune.schema import to_dict
+
+    saved_file = checkpoint / RESOLVED_CONFIG_NAME
+    if not saved_file.is_file():  # checkpoints written by Trainer alone (older runs): nothing to compare
+        return []
+    saved, now = yaml.safe_load(saved_file.read_text()) or {}, to_dict(cfg)
+    errors = []
+    for section in RESUME_FIXED_SECTIONS:
+        a, b = saved.get(section), now.get(section)
+        pairs = (
+            [(section, a, b)]
+            if not isinstance(b, dict)
+            else [(f"{section}.{k}", a[k], v) for k, v in b.items() if isinstance(a, dict) and k in a]
+        )
+        for key, old, new in pairs:
+            if old != new:
+                errors.append(
+                    f"resume=true: {key}={new!r} differs from {checkpoint.name}'s {old!r}; a resumed run continues "
+                    f"that model: drop the override, or start a new run (another training.output_dir)"
+                )
+    return errors
 
 
 REPLACED_DIR = ".replaced_run"
@@ -243,6 +277,8 @@ class Recipe:
     def train(self) -> dict[str, float]:
         if self._resume_from:
             log(f"resuming from {self._resume_from}")
+            if 0 < self.args.max_steps <= int(self._resume_from.name.split("-")[-1]):
+                return self._finish_from(self._resume_from)
         result = self.trainer.train(resume_from_checkpoint=str(self._resume_from) if self._resume_from else None)
         if self._stop.received is not None:
             from hf_tune.errors import Interrupted
@@ -254,6 +290,21 @@ class Recipe:
                 self._stop.received,
             )
         return dict(result.metrics)
+
+    def _finish_from(self, checkpoint: Path) -> dict[str, float]:
+        """Resume from a checkpoint taken at training.max_steps (the run was killed during its final save):
+        nothing is left to train. Trainer would still take one more optimizer step when that step falls inside
+        an epoch (it checks max_steps only after a step), so the checkpoint's weights and state are restored
+        and the callbacks see a training of no steps (EMA/SWA weights come back as in the uninterrupted run)."""
+        from transformers import TrainerState
+
+        t = self.trainer
+        log(f"{checkpoint.name} is at training.max_steps={self.args.max_steps}: nothing left to train")
+        t._load_from_checkpoint(str(checkpoint))
+        t.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+        t.control = t.callback_handler.on_train_begin(t.args, t.state, t.control)
+        t.control = t.callback_handler.on_train_end(t.args, t.state, t.control)
+        return {}
 
     def evaluate(self) -> dict[str, float]:
         """Metrics on val (``eval_*``) and, when there is one, test (``test_*``)."""
@@ -367,6 +418,10 @@ class Recipe:
             set_aside_partial_checkpoints(self.output_dir)
         state.wait_for_everyone()
         self._resume_from = check_output_dir(self.output_dir, resume=self.cfg.resume, overwrite=self.cfg.overwrite)
+        if self._resume_from is not None:
+            changed = resume_conflicts(self._resume_from, self.cfg)
+            if changed:
+                raise ConfigError(changed, self.cfg.recipe)
         state.wait_for_everyone()
 
     def _set_aside_old_run(self) -> None:

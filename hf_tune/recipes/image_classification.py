@@ -117,6 +117,12 @@ class ImageClassificationConfig(BaseConfig):
             errors.append("model.pretrained and model.pretrained_file both choose the weights: keep one")
         if m.pretrained_file and Path(m.name).is_dir():
             errors.append(f"model.pretrained_file: model.name={m.name} is a saved model, which has its own weights")
+        d = self.data
+        if d.format == "sklearn_digits" and d.path not in (None, "sklearn:digits", "sklearn_digits"):
+            errors.append(
+                f"data.path={d.path} would be ignored: data.format=sklearn_digits is scikit-learn's bundled digits; "
+                f"set data.format=auto (or npz, imagefolder, hf) to read {d.path}"
+            )
         a = self.data.augmentation
         if len(a.scale) != 2 or not 0 < a.scale[0] <= a.scale[1] <= 1:
             errors.append(f"data.augmentation.scale must be [lo, hi] with 0 < lo <= hi <= 1, got {a.scale}")

@@ -6,6 +6,10 @@
    ``train()`` in both, as the baseline measures it).
 2. Quality: the recommended ``pneumonia_resnet18`` recipe, val accuracy / ROC-AUC and wall time.
 
+Utilisation: training FLOP/s (3 x the forward FLOPs of resnet18's convolutions and linear layer per image,
+hf_tune.flops.conv_linear_forward_flops) against this machine's fp32 2048x2048 matmul peak, measured before
+every repeat (median).
+
 Prints one JSON line. Usage:
     python bench/pneumonia.py [--data ../shared/data/pneumoniamnist/pneumoniamnist_trainval.npz]
                               [--repeats 3] [--skip-recipe] [--recipe-overrides k=v ...]
@@ -23,9 +27,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-DEFAULT_DATA = SHARED / "data" / "pneumoniamnist" / "pneumoniamnist_trainval.npz"
-BASELINE = SHARED / "bench" / "baseline_trainer_image.py"
+sys.path.insert(0, str(REPO / "bench"))
+from data_paths import BASELINES, require  # noqa: E402
+from data_paths import PNEUMONIA as DEFAULT_DATA  # noqa: E402  ($HF_TUNE_DATA or ../shared/data)
 
 PARITY = [
     "model.name=resnet18",
@@ -77,7 +81,25 @@ def worker(mode: str, data: str, extra: list[str]) -> dict:
         "total_wall_s": round(time.perf_counter() - t0, 1),
         "epochs": cfg.training["num_train_epochs"],
         "image_size": cfg.model.image_size,
+        "in_chans": cfg.model.in_chans,
     }
+
+
+def _train_flops_per_image(image_size: int, in_chans: int = 1) -> float:
+    import timm
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from hf_tune.flops import TRAIN_FORWARD_MULTIPLE, conv_linear_forward_flops
+
+    model = timm.create_model("resnet18", pretrained=False, in_chans=in_chans, num_classes=2).eval()
+    return TRAIN_FORWARD_MULTIPLE * conv_linear_forward_flops(model, torch.zeros(1, in_chans, image_size, image_size))
+
+
+def _utilisation(samples_per_s: float, flops_per_image: float, peaks: list[float]) -> dict:
+    from hf_tune.flops import utilisation
+
+    return utilisation(samples_per_s * flops_per_image, 1.0, statistics.median(peaks))
 
 
 def _run(cmd: list[str]) -> dict:
@@ -89,7 +111,8 @@ def _run(cmd: list[str]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="PneumoniaMNIST .npz with train and val arrays")
+    p.add_argument("--baseline", default=str(BASELINES / "baseline_trainer_image.py"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-recipe", action="store_true")
     p.add_argument("--recipe-overrides", nargs="*", default=[])
@@ -98,10 +121,16 @@ def main() -> None:
     if a.worker:
         print(json.dumps(worker(a.worker, a.data, a.recipe_overrides)))
         return
+    require(a.data, "pneumoniamnist")
+    require(a.baseline, "baselines")
     me = [sys.executable, __file__, "--data", a.data, "--worker"]
-    base_runs, ours = [], []
+    sys.path.insert(0, str(REPO))
+    from hf_tune.flops import measure_matmul_peak
+
+    base_runs, ours, peaks = [], [], []
     for _ in range(a.repeats):  # alternate so drift in machine speed hits both equally
-        base_runs.append(_run([sys.executable, str(BASELINE), a.data, a.data, "64", "1"]))
+        peaks.append(measure_matmul_peak(2048))
+        base_runs.append(_run([sys.executable, str(a.baseline), a.data, a.data, "64", "1"]))
         ours.append(_run([*me, "parity"]))
     b_tp = statistics.median(r["train_samples_per_s"] for r in base_runs)
     o_tp = statistics.median(r["train_samples_per_s"] for r in ours)
@@ -122,9 +151,16 @@ def main() -> None:
             "runs": [r["train_samples_per_s"] for r in ours],
         },
         "throughput_ratio": round(o_tp / b_tp, 4),
+        "cpu_fp32_matmul_peak_gflops_runs": [round(x / 1e9, 1) for x in peaks],
     }
+    parity_flops = _train_flops_per_image(64)  # PARITY: resnet18, 1 channel, 64 px, for both scripts
+    result["baseline"]["utilisation"] = _utilisation(b_tp, parity_flops, peaks)
+    result["hf_tune_same_settings"]["utilisation"] = _utilisation(o_tp, parity_flops, peaks)
     if not a.skip_recipe:
-        result["hf_tune_recipe"] = _run([*me, "recipe", "--recipe-overrides", *a.recipe_overrides])
+        rec = _run([*me, "recipe", "--recipe-overrides", *a.recipe_overrides])
+        flops = _train_flops_per_image(rec["image_size"], rec["in_chans"])
+        rec["utilisation"] = _utilisation(rec["train_samples_per_s"], flops, peaks)
+        result["hf_tune_recipe"] = rec
     print(json.dumps(result))
 
 

@@ -9,6 +9,8 @@ Public Python API (the CLI is built on the same pieces)::
     run.model_dir                   # the saved model folder (loads with transformers' pipeline)
     run.evaluate(data_path=...), run.predict(path), run.show(), run.push("me/model")
     hf_tune.Run.load("runs/quickstart")   # reopen a finished run
+    run.lr_find(steps=100)          # learning-rate range test (hf-tune lr-find)
+    hf_tune.search("my_search.yaml", search__n_trials=8)   # hyperparameter search (hf-tune search)
     hf_tune.MultiHeadModel.from_pretrained(folder)   # a multi-task model, no training code needed
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "DataError", "MultiHeadModel", "Run", "list_recipes", "load_config"]
+__all__ = ["ConfigError", "DataError", "MultiHeadModel", "Run", "list_recipes", "load_config", "search"]
 
 
 def __getattr__(name: str) -> Any:
@@ -34,6 +36,10 @@ def __getattr__(name: str) -> Any:
         from hf_tune.api import Run
 
         return Run
+    if name == "search":
+        from hf_tune.api import search
+
+        return search
     if name == "MultiHeadModel":
         from hf_tune.multihead import MultiHeadModel
 

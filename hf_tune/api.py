@@ -6,6 +6,8 @@
     run.predict("image_or_folder") # like `hf-tune predict`, a list of dicts
     run.show()                     # plots inline in Jupyter (paths elsewhere)
     run.push("me/my-model")        # like `hf-tune push`, private by default
+    run.lr_find(steps=100)         # like `hf-tune lr-find`
+    hf_tune.search("my_search.yaml", search__n_trials=8)   # like `hf-tune search`
 
 ``Run.load(run_dir)`` reopens a finished run for evaluate/predict/show/push. In Jupyter, Trainer shows its
 own notebook progress bars; everything hf_tune logs goes to stderr, as on the command line.
@@ -119,6 +121,24 @@ class Run:
         from hf_tune.hub import push_model
 
         return push_model(self._require_model(), repo_id, self.cfg, private=private, token=token)
+
+    def lr_find(self, **options: Any) -> dict[str, Any]:
+        """Learning-rate range test on this run's recipe, like ``hf-tune lr-find`` (options: output, start_lr,
+        end_lr, steps, smooth, diverge); writes into its own folder, never into the run's."""
+        from hf_tune.lr_find import lr_find
+
+        return lr_find(self.cfg, **options)
+
+
+def search(recipe: str | Path, space: dict[str, dict[str, Any]] | None = None, **overrides: Any) -> dict[str, Any]:
+    """``hf-tune search``: the recipe's ``search:`` section (``space`` adds or replaces entries, keyed by dotted
+    recipe keys), keyword overrides as for ``Run.from_recipe`` (``search__n_trials=8``); returns the summary."""
+    import json
+
+    from hf_tune.search import run_search
+
+    entries = [f"search.space[{k}]={json.dumps(v)}" for k, v in (space or {}).items()]
+    return run_search([f"recipe={recipe}", *_overrides(overrides), *entries])
 
 
 def _overrides(kw: dict[str, Any]) -> list[str]:

@@ -234,6 +234,14 @@ class AugmentedTrainSet(ItemDraws):
     def __len__(self) -> int:
         return len(self.base)
 
+    @property
+    def lengths(self):
+        """Token counts of the stored items: length-grouped batching sorts by them without drawing any copy (an
+        augmented copy differs by a few tokens)."""
+        from hf_tune.data.batching import sequence_lengths
+
+        return sequence_lengths(self.base)
+
     def __getitem__(self, i: int):
         rng = self.item_rng(i)
         if self.prob > 0 and rng.random() < self.prob:

@@ -147,6 +147,83 @@ class EmaCallback(TrainerCallback):
         return self.ema.module.state_dict()
 
 
+SWA_WEIGHTS_NAME = "swa.safetensors"
+
+
+class SwaCallback(TrainerCallback):
+    """Stochastic weight averaging (Izmailov et al. 2018) with torch's ``swa_utils.AveragedModel``.
+
+    From ``start_step`` on, the weights are averaged every ``interval`` optimizer steps (0: at every epoch end).
+    Every checkpoint holds the average so far (``swa.safetensors``, with the number averaged), which resuming
+    loads, so a resumed run averages exactly what the uninterrupted one would. When training ends the average
+    replaces the live weights and BatchNorm statistics are recomputed on up to ``bn_batches`` training batches
+    (the averaged weights never produced the running statistics the model holds).
+    """
+
+    def __init__(self, start: float, interval: int, bn_batches: int | None, resume_from: str | None = None) -> None:
+        self.start, self.interval, self.bn_batches, self.resume_from = start, interval, bn_batches, resume_from
+        self.swa = None
+
+    def start_step(self, max_steps: int) -> int:
+        """``start`` as a step: a share of ``max_steps`` when below 1, else the step itself."""
+        import math
+
+        return max(1, math.ceil(self.start * max_steps)) if self.start < 1 else int(self.start)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from torch.optim.swa_utils import AveragedModel
+
+        self.swa = AveragedModel(model, device=torch.device("cpu"), use_buffers=False)
+        self.begin = self.start_step(state.max_steps)
+        saved = Path(self.resume_from or "") / SWA_WEIGHTS_NAME
+        if self.resume_from and saved.is_file():
+            from safetensors.torch import load_file
+
+            state_dict = load_file(str(saved))
+            self.swa.n_averaged.copy_(state_dict.pop("n_averaged"))
+            self.swa.module.load_state_dict(state_dict)
+
+    def _average(self, state, model) -> None:
+        if state.global_step >= self.begin:
+            self.swa.update_parameters(model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.interval and (state.global_step - self.begin) % self.interval == 0:
+            self._average(state, model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if not self.interval:
+            self._average(state, model)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.swa is not None:
+            from safetensors.torch import save_file
+
+            sd = {k: v.detach().contiguous().cpu() for k, v in self.swa.module.state_dict().items()}
+            sd["n_averaged"] = self.swa.n_averaged.detach().cpu()
+            save_file(sd, str(Path(args.output_dir) / f"checkpoint-{state.global_step}" / SWA_WEIGHTS_NAME))
+
+    def on_train_end(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        from hf_tune.fusion import has_batchnorm, recompute_batchnorm
+        from hf_tune.techniques import log
+
+        if self.swa is None or int(self.swa.n_averaged) == 0:
+            log("SWA: training ended before techniques.swa.start; the final weights are the live ones")
+            return
+        params = dict(self.swa.module.named_parameters())
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(params[n].to(p.device, p.dtype))
+        msg = f"SWA: the final weights average {int(self.swa.n_averaged)} snapshots from step {self.begin}"
+        if has_batchnorm(model) and train_dataloader is not None:
+            import itertools
+
+            name = getattr(model, "main_input_name", "pixel_values")
+            batches = (b[name] for b in itertools.islice(train_dataloader, self.bn_batches))
+            msg += f"; BatchNorm statistics recomputed on {recompute_batchnorm(model, batches)} training batches"
+        log(msg)
+
+
 class NonFiniteTrainingError(RuntimeError):
     """Too many consecutive optimizer steps had non-finite gradients."""
 

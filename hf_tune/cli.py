@@ -6,7 +6,12 @@
     hf-tune evaluate RUN_OR_MODEL_DIR data.path=FILE [data.split=test] [output=FILE] [task=NAME]
     hf-tune predict MODEL_DIR INPUT [output=FILE] [batch_size=N] [task=NAME]
     hf-tune report RUN_OR_MODEL_DIR
+    hf-tune search recipe=FILE.yaml [key=value ...]       (a recipe with a search: section)
+    hf-tune lr-find recipe=NAME [key=value ...] [output=DIR start_lr=1e-7 end_lr=10 steps=100]
     hf-tune push RUN_OR_MODEL_DIR REPO_ID [--public]
+    hf-tune soup RUN_A RUN_B ... [method=greedy|uniform] [metric=M] [data.path=FILE] output=DIR
+    hf-tune average RUN last=K|top=K [metric=eval_loss] output=DIR     (a run's checkpoints)
+    hf-tune interpolate RUN [alpha=0.5|sweep] [base=RUN_OR_MODEL] [data.path=FILE] output=DIR   (WiSE-FT)
 
 For multi-task models ``task=NAME`` picks one task (default: all), and ``data.KEY=VALUE`` applies to every
 task's data (``tasks.NAME.data.KEY=VALUE`` to one).
@@ -81,6 +86,20 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("model_dir")
     pr.add_argument("input")
     pr.add_argument("overrides", nargs="*", help="output=FILE batch_size=N data.split=...")
+    se = sub.add_parser("search", help="hyperparameter search over a recipe's search: section (Optuna studies)")
+    se.add_argument("overrides", nargs="*", help="recipe=FILE.yaml and dotted key=value overrides (search.* too)")
+    lf = sub.add_parser("lr-find", help="learning-rate range test on a recipe's model, data and optimizer groups")
+    lf.add_argument(
+        "overrides", nargs="*", help="recipe=NAME key=value ... [output=DIR start_lr=1e-7 end_lr=10 steps=100]"
+    )
+    so = sub.add_parser("soup", help="average fine-tuned models (uniform or greedy model soup) into a model folder")
+    so.add_argument("args", nargs="*", help="RUN_OR_MODEL ... method=greedy metric=M data.path=FILE output=DIR")
+    av = sub.add_parser("average", help="average a finished run's last or best checkpoints into a model folder")
+    av.add_argument("run_dir")
+    av.add_argument("overrides", nargs="*", help="last=K | top=K metric=eval_loss, data.path=FILE output=DIR")
+    ip = sub.add_parser("interpolate", help="WiSE-FT: interpolate a run's weights with the weights it started from")
+    ip.add_argument("run_dir")
+    ip.add_argument("overrides", nargs="*", help="alpha=0.5|sweep base=RUN_OR_MODEL data.path=FILE output=DIR")
     r = sub.add_parser("report", help="regenerate plots, report.md and the model card of a finished run")
     r.add_argument("run_dir")
     pu = sub.add_parser("push", help="push a finished run's model folder to the Hugging Face Hub (private)")
@@ -105,7 +124,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(plan_training(_recipe_for(load_config(args.overrides)))))
         return 0
-    result = run_training(_recipe_for(load_config(args.overrides)))
+    cfg = load_config(args.overrides)
+    from hf_tune.search import note_search_section
+
+    note_search_section(cfg)
+    result = run_training(_recipe_for(cfg))
     log(f"rank {result.process_index} metrics {json.dumps(_scalar(result.metrics), sort_keys=True)}")
     if result.is_main_process:
         log(f"model saved to {result.model_dir} (metrics: {result.model_dir / 'metrics.json'})")
@@ -187,6 +210,83 @@ def cmd_predict(args: argparse.Namespace) -> int:
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
+    return 0
+
+
+@COMMANDS.register("search")
+def cmd_search(args: argparse.Namespace) -> int:
+    import signal
+
+    from hf_tune.search import run_search
+
+    def stop(signum, frame):  # SIGTERM ends the search like Ctrl-C: running trials stop, the study is kept
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        summary = run_search(args.overrides)
+    except KeyboardInterrupt:
+        log(f"search interrupted; the study is kept: run hf-tune search {' '.join(args.overrides)} again to continue")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(json.dumps(summary))
+    return 0
+
+
+@COMMANDS.register("lr-find")
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from hf_tune.lr_find import OPTIONS, lr_find
+
+    opts, overrides = _split_extra(args.overrides, tuple(OPTIONS))
+    print(json.dumps(lr_find(load_config(overrides), **opts)))
+    return 0
+
+
+FUSION_OPTIONS = ("method", "metric", "output", "bn_batches", "last", "top", "alpha", "base")
+
+
+def _fusion_options(args: list[str], allowed: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """``key=value`` options of a fusion command; the rest must be ``data.*`` overrides of the evaluation data."""
+    opts, rest = _split_extra(args, FUSION_OPTIONS)
+    wrong = [k for k in opts if k not in allowed] + [o for o in rest if not o.startswith("data.")]
+    if wrong:
+        raise ConfigError([f"{w}: not an option here; options: {', '.join(allowed)}, and data.*" for w in wrong])
+    for key in ("bn_batches", "last", "top"):
+        if key in opts and not opts[key].isdigit():
+            raise ConfigError([f"{key}={opts[key]}: must be a whole number"])
+    return opts, rest
+
+
+def _ints(opts: dict[str, str]) -> dict[str, object]:
+    return {k: int(v) if k in ("bn_batches", "last", "top") else v for k, v in opts.items()}
+
+
+@COMMANDS.register("soup")
+def cmd_soup(args: argparse.Namespace) -> int:
+    from hf_tune.soup import soup
+
+    paths = [a for a in args.args if "=" not in a]
+    opts, overrides = _fusion_options([a for a in args.args if "=" in a], ("method", "metric", "output", "bn_batches"))
+    print(json.dumps(soup(paths, overrides=overrides, **_ints(opts))))
+    return 0
+
+
+@COMMANDS.register("average")
+def cmd_average(args: argparse.Namespace) -> int:
+    from hf_tune.soup import average_checkpoints
+
+    opts, overrides = _fusion_options(args.overrides, ("last", "top", "metric", "output", "bn_batches"))
+    print(json.dumps(average_checkpoints(args.run_dir, overrides=overrides, **_ints(opts))))
+    return 0
+
+
+@COMMANDS.register("interpolate")
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from hf_tune.soup import interpolate
+
+    opts, overrides = _fusion_options(args.overrides, ("alpha", "base", "metric", "output", "bn_batches"))
+    print(json.dumps(interpolate(args.run_dir, overrides=overrides, **_ints(opts))))
     return 0
 
 

@@ -67,6 +67,11 @@ def describe(cfg: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
             rows += [(f"training.{k}", v, tdocs.get(k, "")) for k, v in sorted(value.items())]
             rows.append(("training.<any TrainingArguments field>", "...", docs.get(f.name, "")))
         else:
+            if isinstance(value, dict) and any(dataclasses.is_dataclass(v) for v in value.values()):  # search.space
+                value = {
+                    k: {n: x for n, x in dataclasses.asdict(v).items() if x not in (None, False)}
+                    for k, v in value.items()
+                }
             rows.append((key, value, docs.get(f.name, "") or _type_name(hints.get(f.name))))
     return rows
 

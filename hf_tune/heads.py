@@ -70,6 +70,16 @@ class Head:
         """A batch of label rows as one tensor (token heads pad to ``length`` with -100)."""
         return torch.as_tensor(np.asarray(rows), dtype=self.label_dtype)
 
+    def distill_loss(
+        self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float
+    ) -> torch.Tensor:
+        """How far the student's outputs are from a teacher's (knowledge distillation), over the positions
+        that carry a label: softened softmax KL for class heads (sigmoid heads and regression override)."""
+        from hf_tune.losses import kd_softmax_loss
+
+        mask = labels != IGNORE_INDEX if self.token_level else None
+        return kd_softmax_loss(student, teacher, temperature, mask)
+
 
 # --------------------------------------------------------------------------------------------------
 # Sequence heads
@@ -124,6 +134,11 @@ class MultiLabelHead(SequenceHead):
     def loss(self, logits, labels):
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
+    def distill_loss(self, student, teacher, labels, temperature):
+        from hf_tune.losses import kd_sigmoid_loss
+
+        return kd_sigmoid_loss(student, teacher, temperature)
+
     def scores(self, logits):
         return sigmoid(np.asarray(logits, dtype=np.float64))
 
@@ -156,6 +171,9 @@ class RegressionHead(SequenceHead):
 
     def loss(self, logits, labels):
         return F.mse_loss(logits.float().reshape(labels.shape), labels.float())
+
+    def distill_loss(self, student, teacher, labels, temperature):
+        return F.mse_loss(student.float(), teacher.float().detach())  # a value has no temperature to soften
 
     def scores(self, logits):
         x = np.asarray(logits, dtype=np.float64)
@@ -267,6 +285,11 @@ class MultiLabelTaggingHead(TaggingHead):
 
     def loss(self, logits, labels):
         return masked_bce(logits, labels)
+
+    def distill_loss(self, student, teacher, labels, temperature):
+        from hf_tune.losses import kd_sigmoid_loss
+
+        return kd_sigmoid_loss(student, teacher, temperature, labels[..., 0] != IGNORE)
 
     def label_names(self, categories):
         return multilabel_labels(categories)

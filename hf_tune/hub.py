@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from hf_tune.fusion import FUSION_FILE
 from hf_tune.report import PLOTS_DIR, REPORT, metrics_table
 from hf_tune.schema import BaseConfig
 
@@ -156,6 +157,45 @@ def _how_to_load(cfg: BaseConfig, repo: str) -> str:
     )
 
 
+def _fusion_lines(model_dir: Path) -> list[str]:
+    """Model card lines for a fused folder: the method, each ingredient with its score, the fused score."""
+    f = Path(model_dir) / FUSION_FILE
+    if not f.is_file():
+        return []
+    r = json.loads(f.read_text())
+    lines = [
+        "## Weight fusion",
+        "",
+        f"Method: `{r['method']}`, scored by `{r['metric']}` on the `{r['split']}` split of `{r.get('data')}`.",
+        "",
+    ]
+    if r.get("ingredients"):
+        lines += ["| ingredient | score | in the fused model |", "|---|---|---|"]
+        lines += [f"| `{i['name']}` | {i['score']:.4f} | {'yes' if i['in_soup'] else 'no'} |" for i in r["ingredients"]]
+        lines += [
+            "",
+            f"Fused model: {r['score']:.4f} (best single ingredient `{r['best_ingredient']}`: "
+            f"{r['best_ingredient_score']:.4f}).",
+            "",
+        ]
+    else:
+        lines += [
+            f"WiSE-FT interpolation of `{r['fine_tuned']}` with {r['start']}: alpha = {r['alpha']} "
+            f"(0 = starting weights, 1 = fine-tuned), {r['metric']} = {r['score']:.4f}.",
+            "",
+        ]
+        if r.get("sweep"):
+            lines += [
+                "| alpha | score |",
+                "|---|---|",
+                *(f"| {s['alpha']} | {s['score']:.4f} |" for s in r["sweep"]),
+                "",
+            ]
+    if r.get("batchnorm_recomputed"):
+        lines += ["BatchNorm statistics were recomputed on training batches after averaging.", ""]
+    return lines
+
+
 def _headlines(cfg: BaseConfig, metrics: dict[str, Any]) -> list[str]:
     """Runs with several tasks: each task's headline metric first, then the full table."""
     heads = cfg.headline_metrics()
@@ -204,9 +244,19 @@ def render_model_card(cfg: BaseConfig, model_dir: Path, metrics: dict[str, Any],
         shown = ", ".join(names[:50]) + (f", ... ({len(names)} in all)" if len(names) > 50 else "")
         lines.append(f"- labels{f' of `{name}`' if name else ''}: {shown}")
     lines += ["", "## Data", "", *_data_lines(cfg, model_dir), "", "## Training", "", *_settings(cfg), ""]
-    lines += ["The full resolved recipe is in `resolved_config.yaml`; from a copy of this folder, reproduce with", ""]
-    lines += ["```bash", "hf-tune train recipe=resolved_config.yaml training.output_dir=runs/reproduced", "```", ""]
+    fused = _fusion_lines(model_dir)
+    if fused:  # weights averaged from several runs: training one run again does not reproduce them
+        lines += ["The recipe of the reference ingredient is in `resolved_config.yaml`.", "", *fused]
+    else:
+        lines += [
+            "The full resolved recipe is in `resolved_config.yaml`; from a copy of this folder, reproduce with",
+            "",
+        ]
+        lines += ["```bash", "hf-tune train recipe=resolved_config.yaml training.output_dir=runs/reproduced", "```", ""]
     lines += ["## Evaluation", "", *_headlines(cfg, metrics), metrics_table(metrics)]
+    from hf_tune.calibration import card_lines
+
+    lines += card_lines(metrics)  # offsets folded into the output layer, before/after numbers
     plots = sorted((model_dir / PLOTS_DIR).glob("*.png")) if (model_dir / PLOTS_DIR).is_dir() else []
     if plots:
         lines += ["## Plots", ""]

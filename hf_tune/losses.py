@@ -112,3 +112,66 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 0.0) -
         p_t = torch.where(y > 0.5, x.sigmoid(), 1 - x.sigmoid())
         loss = loss * (1 - p_t).pow(gamma)
     return loss.mean()
+
+
+# --------------------------------------------------------------------------------------------------
+# Distillation and anti-forgetting (techniques.distill, techniques.anchor)
+# --------------------------------------------------------------------------------------------------
+
+
+def kd_softmax_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, the mean over the positions in ``mask``
+    (every position when None). The T^2 keeps its gradient on the scale of the hard loss's (Hinton et al.)."""
+    t = float(temperature)
+    c = student.shape[-1]
+    s, te = student.reshape(-1, c).float() / t, teacher.reshape(-1, c).float().detach() / t
+    if mask is not None:
+        keep = mask.reshape(-1)
+        s, te = s[keep], te[keep]
+    if s.shape[0] == 0:
+        return student.sum() * 0.0
+    kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(te, -1), log_target=True, reduction="none").sum(-1)
+    return t * t * kl.mean()
+
+
+def kd_sigmoid_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The per-output binary version for sigmoid heads: ``T^2 * BCE(sigmoid(student / T), sigmoid(teacher / T))``
+    minus the teacher's own entropy, i.e. the KL between the two Bernoullis (zero when they agree)."""
+    t = float(temperature)
+    s, te = student.float() / t, teacher.float().detach() / t
+    if mask is not None:
+        s, te = s[mask], te[mask]
+    if s.numel() == 0:
+        return student.sum() * 0.0
+    p = te.sigmoid()
+    kl = F.binary_cross_entropy_with_logits(s, p, reduction="none") - F.binary_cross_entropy_with_logits(
+        te, p, reduction="none"
+    )
+    return t * t * kl.mean()
+
+
+def distillation_loss(hard: torch.Tensor, soft: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``alpha * hard + (1 - alpha) * soft``: alpha=1 is plain training on the labels."""
+    return alpha * hard + (1.0 - alpha) * soft
+
+
+def anchor_penalty(
+    params: Sequence[torch.Tensor],
+    anchors: Sequence[torch.Tensor],
+    strength: float,
+    weights: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``strength / 2 * sum_i F_i (w_i - w0_i)^2``: L2-SP with ``weights`` None (F = 1), EWC with the Fisher
+    diagonal. Zero at the anchor; its gradient ``strength * F * (w - w0)`` points away from it, so a step
+    against the gradient moves back toward the anchor."""
+    total = params[0].new_zeros(())
+    for i, (w, w0) in enumerate(zip(params, anchors, strict=True)):
+        d = (w - w0.to(w.device, w.dtype)).pow(2)
+        if weights is not None:
+            d = d * weights[i].to(w.device, w.dtype)
+        total = total + d.sum()
+    return 0.5 * strength * total

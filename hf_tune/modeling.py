@@ -298,13 +298,52 @@ def _saved_labels(path: str) -> tuple[list[str] | None, list[str]]:
     return names, list(data.get("architectures") or [])
 
 
-def load_pretrained(auto_cls, name: str, *, pretrained_file: str | None = None, **kwargs):
+def pick_layers(total: int, keep: int, pick: str) -> list[int]:
+    """Indices of the ``keep`` encoder layers of ``total`` to keep: ``spread`` takes every k-th from the bottom
+    (0, 2, 4 of 6: DistilBERT's choice), ``first`` the lowest ones."""
+    if keep > total:
+        raise ModelLoadError(f"model.num_layers={keep}: the encoder has only {total} layers")
+    if pick == "first":
+        return list(range(keep))
+    return sorted({int(i * total / keep) for i in range(keep)})
+
+
+def keep_encoder_layers(model, keep: int, pick: str) -> list[int]:
+    """Cut a BERT-family model's encoder to ``keep`` of its layers (in place; config updated so the saved model
+    reloads as the shallower architecture). Returns the kept indices."""
+    from torch import nn
+
+    base = getattr(model, getattr(model, "base_model_prefix", ""), model)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ModelLoadError(
+            f"model.num_layers: {type(model).__name__} has no encoder.layer list (BERT-family models have one)"
+        )
+    kept = pick_layers(len(layers), keep, pick)
+    base.encoder.layer = nn.ModuleList([layers[i] for i in kept])
+    model.config.num_hidden_layers = len(kept)
+    if hasattr(base, "config"):
+        base.config.num_hidden_layers = len(kept)
+    log(f"model.num_layers={keep}: kept encoder layers {kept} of {len(layers)}")
+    return kept
+
+
+def load_pretrained(
+    auto_cls,
+    name: str,
+    *,
+    pretrained_file: str | None = None,
+    num_layers: int | None = None,
+    layer_pick: str = "spread",
+    **kwargs,
+):
     """``auto_cls.from_pretrained`` for a Hub id, a local folder, ``pkg:`` or an earlier run, with clear errors.
 
     * ``pretrained_file``: the weights come from that state dict instead, into the architecture and config of
       ``name`` (backbone keys it lacks or does not know are an error naming them; a missing head is normal).
     * Continuing from a model of the same class (an earlier run): its head is kept when the label names are the
       same, and re-initialised when they differ (a different count, or the same count with other names).
+    * ``num_layers``: keep that many encoder layers (:func:`keep_encoder_layers`), a shallower student.
     """
     path = resolve_model_name(name)
     check_text_encoder(name, path)
@@ -327,6 +366,8 @@ def load_pretrained(auto_cls, name: str, *, pretrained_file: str | None = None, 
         else:
             reset_head(model)
             log(f"model.name={name}: labels differ from the saved model's, so its head starts fresh")
+    if num_layers is not None:
+        keep_encoder_layers(model, num_layers, layer_pick)
     return model
 
 

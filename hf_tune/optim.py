@@ -206,3 +206,15 @@ def build_schedule(name: str, optimizer: torch.optim.Optimizer, warmup: int, **k
     """A LambdaLR applying the named multiplier to every group's own (explicit) lr."""
     fn = SCHEDULES.get(name)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: fn(step, warmup, **kwargs))
+
+
+def swa_schedule(base, optimizer, *, start_step: int, swa_lr: float, reference_lr: float, anneal_steps: int = 0):
+    """``base`` until ``start_step``, then torch's SWALR: each group's learning rate anneals (cosine, over
+    ``anneal_steps``) to ``swa_lr`` scaled by the group's share of ``reference_lr`` (the head's LR), so
+    layer-wise ratios survive into the SWA phase."""
+    from torch.optim.lr_scheduler import SequentialLR
+    from torch.optim.swa_utils import SWALR
+
+    lrs = [swa_lr * g.get("initial_lr", g["lr"]) / reference_lr for g in optimizer.param_groups]
+    swalr = SWALR(optimizer, swa_lr=lrs, anneal_epochs=max(1, anneal_steps), anneal_strategy="cos")
+    return SequentialLR(optimizer, [base, swalr], milestones=[start_step])

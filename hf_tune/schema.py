@@ -52,6 +52,8 @@ class KindSpec:
     """peft ``TaskType`` name for LoRA (None: LoRA needs no task type or does not apply)."""
     multitask_task: bool = True
     """The kind can be a task of a multi-task recipe (its recipe implements the per-task interface)."""
+    without: tuple[str, ...] = ()
+    """``techniques.*`` sections this kind cannot apply (e.g. ``distill``): enabling one is refused by name."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,6 +186,143 @@ class LoraConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """Decision calibration for imbalanced single-label classification (image and text kinds): after training,
+    per-class additive logit offsets are fitted on the validation split to maximise ``metric`` and folded into
+    the output layer's bias, so evaluate, predict and transformers' pipeline() apply them with no hf_tune code
+    (see hf_tune.calibration)."""
+
+    enabled: bool = False
+    metric: str = "f1_macro"
+    """What the offsets maximise on the validation split (hf_tune.calibration.CALIBRATION_METRICS): f1_macro,
+    accuracy, balanced_accuracy, f1_weighted."""
+    method: Literal["prior", "offsets", "prior+offsets"] = "prior"
+    """prior: offsets = -strength * log(training class frequency), one fitted strength (negative undoes the
+    over-correction of balanced class weights, positive favours rare classes): robust on small validation sets;
+    offsets: one offset per class by coordinate ascent (can overfit a small validation split);
+    prior+offsets: the prior correction, then per-class refinement."""
+    max_strength: float = 2.0
+    """The prior strength is searched in [-max_strength, max_strength]."""
+    max_offset: float = 4.0
+    """Per-class offsets (method offsets) move by at most this much from where they start."""
+    steps: int = 41
+    """Candidate values per searched number (evenly spaced over its range, zero included)."""
+    rounds: int = 3
+    """Coordinate-ascent sweeps over the classes (stops earlier when a sweep changes nothing)."""
+
+    def errors(self, prefix: str = "techniques.calibration") -> list[str]:
+        from hf_tune.calibration import CALIBRATION_METRICS
+
+        out = []
+        if self.metric not in CALIBRATION_METRICS:
+            names = CALIBRATION_METRICS.names()
+            out.append(
+                f"{prefix}.metric: unknown calibration metric {self.metric!r}{did_you_mean(self.metric, names)}; "
+                f"known: {', '.join(names)}"
+            )
+        for key in ("max_strength", "max_offset"):
+            if getattr(self, key) <= 0:
+                out.append(f"{prefix}.{key} must be > 0, got {getattr(self, key)}")
+        if self.steps < 3:
+            out.append(f"{prefix}.steps must be >= 3, got {self.steps}")
+        if self.rounds < 1:
+            out.append(f"{prefix}.rounds must be >= 1, got {self.rounds}")
+        return out
+
+
+@dataclass
+class SwaConfig:
+    """Stochastic weight averaging along one run (torch.optim.swa_utils): the weights are averaged from ``start``
+    on, optionally at a constant or annealed SWA learning rate, and the average becomes the final model (its
+    BatchNorm statistics recomputed on training batches). Saved in every checkpoint, so resuming continues it."""
+
+    enabled: bool = False
+    start: float = 0.75
+    """When averaging starts: a share of the training steps (< 1), or a step number (>= 1)."""
+    interval: int = 0
+    """Average every N optimizer steps; 0: once at the end of every epoch (Izmailov et al.'s schedule)."""
+    lr: float | None = None
+    """SWA learning rate from ``start`` on (torch's SWALR anneals each group to it, keeping the groups'
+    ratios); None: the recipe's schedule continues."""
+    anneal_steps: int = 0
+    """Steps over which the learning rate anneals (cosine) to ``lr``."""
+    bn_batches: int | None = None
+    """Training batches for recomputing BatchNorm statistics of the averaged weights (None: one epoch)."""
+
+    def errors(self, prefix: str = "techniques.swa") -> list[str]:
+        out = []
+        if self.start <= 0:
+            out.append(f"{prefix}.start must be > 0 (a share < 1 of the steps, or a step >= 1), got {self.start}")
+        if self.interval < 0 or self.anneal_steps < 0:
+            out.append(f"{prefix}.interval and {prefix}.anneal_steps must be >= 0")
+        if self.lr is not None and self.lr <= 0:
+            out.append(f"{prefix}.lr must be > 0, got {self.lr}")
+        if self.bn_batches is not None and self.bn_batches < 1:
+            out.append(f"{prefix}.bn_batches must be >= 1 (or null: one epoch), got {self.bn_batches}")
+        return out
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation: a trained teacher's softened outputs train this model (the student) along with
+    the labels: ``alpha * task loss + (1 - alpha) * T^2 * KL(teacher/T || student/T)`` (Hinton et al. 2015).
+    The teacher runs in eval mode without gradients; it must be the same kind with the same labels (and, for
+    text, the same tokenizer). Images are re-normalised (and resized) to the teacher's preprocessing."""
+
+    teacher: str | None = None
+    """The teacher: an hf_tune run folder or model folder (or a checkpoint); null: no distillation."""
+    temperature: float = 2.0
+    """T: softens both distributions so the teacher's ranking of the wrong classes carries signal."""
+    alpha: float = 0.5
+    """Weight of the task loss on the labels (1: plain training, 0: the teacher's outputs only)."""
+    hidden_weight: float = 0.0
+    """Weight of an extra MSE between the student's and teacher's last hidden states (BERT-family text kinds
+    with the same hidden width, e.g. a shallower copy of the teacher: model.num_layers)."""
+
+    def errors(self, prefix: str = "techniques.distill") -> list[str]:
+        out = []
+        if self.temperature <= 0:
+            out.append(f"{prefix}.temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            out.append(f"{prefix}.alpha must be in [0, 1], got {self.alpha}")
+        if self.hidden_weight < 0:
+            out.append(f"{prefix}.hidden_weight must be >= 0, got {self.hidden_weight}")
+        if self.teacher is not None and not Path(self.teacher).exists():
+            out.append(f"{prefix}.teacher={self.teacher}: no such run or model folder")
+        return out
+
+
+@dataclass
+class AnchorConfig:
+    """Anti-forgetting: a penalty that pulls the trained weights toward the weights training started from,
+    instead of toward zero. l2sp: ``strength / 2 * sum (w - w0)^2`` (Li et al. 2018, L2-SP); ewc: the same, each
+    weight scaled by its Fisher information on the earlier task (Kirkpatrick et al. 2017), so weights that
+    mattered for it move least. Use with model.name = the earlier run (or a pretrained model for l2sp)."""
+
+    method: Literal["none", "l2sp", "ewc"] = "none"
+    strength: float = 0.01
+    """alpha of L2-SP / lambda of EWC (EWC's Fisher values are small: expect strengths of 1-1000)."""
+    params: Literal["backbone", "all"] = "backbone"
+    """backbone: every weight but the task head (a replaced head has no anchor); all: the head too (same labels)."""
+    fisher: str | None = None
+    """EWC: a fisher.safetensors; null: the one beside model.name's model, estimated there first if missing."""
+    fisher_samples: int = 256
+    """EWC: training examples of the earlier task whose squared log-likelihood gradients estimate the Fisher."""
+
+    def errors(self, prefix: str = "techniques.anchor") -> list[str]:
+        out = []
+        if self.method != "none" and self.strength <= 0:
+            out.append(f"{prefix}.strength must be > 0, got {self.strength}")
+        if self.fisher_samples < 1:
+            out.append(f"{prefix}.fisher_samples must be >= 1, got {self.fisher_samples}")
+        if self.fisher is not None and self.method != "ewc":
+            out.append(f"{prefix}.fisher applies to method=ewc only")
+        if self.fisher is not None and not Path(self.fisher).is_file():
+            out.append(f"{prefix}.fisher={self.fisher}: no such file")
+        return out
+
+
+@dataclass
 class TechniquesConfig:
     clipping: ClippingConfig = field(default_factory=ClippingConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
@@ -193,6 +332,164 @@ class TechniquesConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    swa: SwaConfig = field(default_factory=SwaConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
+
+    def enabled(self) -> list[str]:
+        """Names of the sections a kind may lack (KindSpec.without) that this config switches on."""
+        on = {
+            "swa": self.swa.enabled,
+            "distill": self.distill.teacher is not None,
+            "anchor": self.anchor.method != "none",
+        }
+        return [k for k, v in on.items() if v]
+
+
+@dataclass
+class SearchParam:
+    """One searched recipe key: a typed distribution (Optuna's suggest_float / suggest_int / suggest_categorical)."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    """Lower bound (float/int), included."""
+    high: float | None = None
+    """Upper bound (float/int), included."""
+    log: bool = False
+    """Sample on a log scale (low must be > 0; not with step)."""
+    step: float | None = None
+    """Grid step from low (float/int; int default 1); the grid sampler needs it on every float."""
+    choices: list[Any] | None = None
+    """The values of a categorical (numbers, strings, booleans, lists, null)."""
+
+    def errors(self, key: str) -> list[str]:
+        """Impossible ranges, each naming ``key`` (whether the values fit the recipe is checked by hf_tune.search)."""
+        if self.type == "categorical":
+            out = [] if self.choices else [f"{key}: a categorical needs a non-empty choices list"]
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                out.append(f"{key}: a categorical takes choices only (no low/high/log/step)")
+            return out
+        if self.choices is not None:
+            return [f"{key}: choices belong to type: categorical (a {self.type} takes low/high)"]
+        if self.low is None or self.high is None:
+            return [f"{key}: a {self.type} needs low and high"]
+        out = []
+        if self.low > self.high:
+            out.append(f"{key}: low={self.low} is above high={self.high}")
+        if self.log and self.low <= 0:
+            out.append(f"{key}: log: true needs low > 0, got low={self.low}")
+        if self.log and self.step is not None:
+            out.append(f"{key}: log and step cannot be combined (Optuna samples one or the other)")
+        if self.step is not None and self.step <= 0:
+            out.append(f"{key}: step must be > 0, got {self.step}")
+        if self.type == "int":
+            for name in ("low", "high", "step"):
+                v = getattr(self, name)
+                if v is not None and float(v) != int(v):
+                    out.append(f"{key}: {name}={v} must be a whole number for type: int")
+        return out
+
+
+@dataclass
+class SearchConfig:
+    """Hyperparameter search over recipe keys (``hf-tune search``; see hf_tune.search and docs/techniques.md).
+    ``hf-tune train`` ignores this section: it trains the recipe once with its own values."""
+
+    metric: str | None = None
+    """Objective: a key of the runs' evaluation metrics on the validation split, e.g. eval_accuracy, eval_loss
+    (null: eval_ + the kind's headline metric)."""
+    direction: Literal["maximize", "minimize"] = "maximize"
+    """maximize (accuracy, F1, ROC-AUC) or minimize (eval_loss, mse, perplexity)."""
+    n_trials: int | None = None
+    """Finished trials (complete + pruned) the study should hold; re-running the command continues up to it."""
+    timeout: float | None = None
+    """Seconds after which this command starts no new trial (running ones finish)."""
+    sampler: str = "tpe"
+    """tpe, random, grid (every float needs a step) or cmaes (pip install cmaes); see hf_tune.search.SAMPLERS."""
+    pruner: str = "median"
+    """median, hyperband, successive_halving or none (hf_tune.search.PRUNERS): stops a trial at an evaluation
+    during training when it looks worse than the others did there; needs training.eval_strategy epoch/steps."""
+    pruner_startup_trials: int = 2
+    """median: no pruning until this many trials have finished."""
+    pruner_warmup_evals: int = 0
+    """median: no pruning before this many evaluations of a trial."""
+    sampler_startup_trials: int | None = None
+    """tpe/cmaes: trials sampled at random before the model-based sampler takes over (null: Optuna's default,
+    10 for tpe); lower it for small budgets."""
+    seed: int | None = None
+    """Sampler seed (null: training.seed)."""
+    storage: str | None = None
+    """Where the study lives: null = SQLite file study.db under training.output_dir; an RDB URL
+    (sqlite:///path.db, postgresql://..., mysql://...) or a journal file path (no '://') shared by several
+    workers or machines."""
+    study_name: str | None = None
+    """null: the recipe's name."""
+    n_jobs: int = 1
+    """Trials run at once by this command, each in its own process."""
+    backend: str = "optuna"
+    """optuna: trial processes launched by this command, study in ``storage``; ray: Ray Tune (pip install
+    'ray[tune]') with Optuna's sampler and a Ray scheduler as pruner, on the Ray cluster at RAY_ADDRESS or a local
+    one (hf_tune.search.BACKENDS)."""
+    delete_pruned: bool = False
+    """Delete the run folders of pruned trials (their rows stay in the trials table)."""
+    max_failures_in_a_row: int = 3
+    """Stop the search after this many consecutive failed trials of this command."""
+    space: dict[str, SearchParam] = field(default_factory=dict)
+    """Dotted recipe key -> distribution, e.g. training.learning_rate: {type: float, low: 1e-4, high: 1e-2, log:
+    true}; techniques.ema.decay: {type: categorical, choices: [0.99, 0.999]}."""
+    trial: int | None = None
+    """Set by hf-tune search on the runs it launches (the trial number): report evaluations to the study."""
+
+    def errors(self, prefix: str = "search") -> list[str]:
+        from hf_tune.search import BACKENDS, LOWER_IS_BETTER, PRUNERS, SAMPLERS
+
+        out = [e for key, p in self.space.items() for e in p.errors(f"{prefix}.space.{key}")]
+        registries = (("sampler", self.sampler, SAMPLERS), ("pruner", self.pruner, PRUNERS))
+        for key, value, reg in (*registries, ("backend", self.backend, BACKENDS)):
+            if value not in reg:
+                out.append(
+                    f"{prefix}.{key}: unknown {reg.kind} {value!r}{did_you_mean(value, reg.names())}; "
+                    f"known: {', '.join(reg.names())}"
+                )
+        for key in ("n_trials", "n_jobs", "max_failures_in_a_row"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                out.append(f"{prefix}.{key} must be >= 1, got {v}")
+        if self.timeout is not None and self.timeout <= 0:
+            out.append(f"{prefix}.timeout must be > 0 seconds, got {self.timeout}")
+        for key in ("pruner_startup_trials", "pruner_warmup_evals", "sampler_startup_trials"):
+            if (getattr(self, key) or 0) < 0:
+                out.append(f"{prefix}.{key} must be >= 0, got {getattr(self, key)}")
+        if self.metric is not None and not self.metric.startswith("eval_"):
+            out.append(
+                f"{prefix}.metric={self.metric}: the objective must be a validation metric (eval_...; the test "
+                f"split stays out of model selection), e.g. eval_{self.metric.removeprefix('test_')}"
+            )
+        if self.metric and self.metric.removeprefix("eval_") in LOWER_IS_BETTER and self.direction == "maximize":
+            out.append(f"{prefix}.metric={self.metric} is lower-is-better: set {prefix}.direction=minimize")
+        return out
+
+
+@dataclass
+class SpeedConfig:
+    """Machine settings for throughput that Trainer's ``training:`` keys do not cover (see hf_tune.speed and the
+    "Speed" section of docs/techniques.md). Precision, compilation and the optimizer kernel are Trainer's own:
+    ``training.bf16``, ``training.torch_compile``, ``training.optim``."""
+
+    cpu_threads: int | None = None
+    """Intra-op threads of each process when running on the CPU; null: the physical cores this process may
+    use (CPU affinity and cgroup quota), shared among the processes of this machine."""
+    pad_to_multiple_of: int | None = None
+    """Round text batches' padded length up to a multiple of this; null: 8 on a GPU (tensor-core tiles), no
+    rounding on a CPU (every padded position costs as much as a real token there)."""
+
+    def errors(self, prefix: str = "speed") -> list[str]:
+        return [
+            f"{prefix}.{key} must be >= 1 (or null), got {getattr(self, key)}"
+            for key in ("cpu_threads", "pad_to_multiple_of")
+            if getattr(self, key) is not None and getattr(self, key) < 1
+        ]
 
 
 @dataclass
@@ -223,6 +520,33 @@ class TextModelConfig:
     lacks or does not know are an error naming them; a missing task head is normal (it starts fresh)."""
     dropout: float | None = None
     """Override the classifier dropout (None: the model config's)."""
+    attn_implementation: str | None = None
+    """Attention kernel: sdpa (PyTorch's fused scaled-dot-product attention), eager, flash_attention_2/3 (GPU,
+    pip install flash-attn), flex_attention; None: transformers' choice, sdpa where the model supports it."""
+
+    num_layers: int | None = None
+    """Keep only this many of the pretrained encoder's layers (DistilBERT-style students: a shallower copy of a
+    teacher, e.g. 3 of MiniLM's 6); None: all of them."""
+    layer_pick: Literal["spread", "first"] = "spread"
+    """Which layers num_layers keeps: spread (every k-th from the bottom: 0, 2, 4 of 6, as DistilBERT) or first."""
+
+    def kwargs(self) -> dict[str, Any]:
+        """What the model builders pass on to ``from_pretrained`` (only what is set)."""
+        return {} if self.attn_implementation is None else {"attn_implementation": self.attn_implementation}
+
+    def errors(self, prefix: str = "model") -> list[str]:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        out = []
+        if self.num_layers is not None and self.num_layers < 1:
+            out.append(f"{prefix}.num_layers must be >= 1 (or null: every layer), got {self.num_layers}")
+        known = ["eager", *(k for k in ALL_ATTENTION_FUNCTIONS.valid_keys() if "|" not in k)]
+        a = self.attn_implementation
+        if a is not None and a not in known:
+            out.append(
+                f"{prefix}.attn_implementation: unknown {a!r}{did_you_mean(a, known)}; known: {', '.join(known)}"
+            )
+        return out
 
 
 @dataclass
@@ -312,6 +636,10 @@ class BaseConfig:
     """Continue from the last checkpoint in training.output_dir."""
     overwrite: bool = False
     """Allow training into an output_dir that already holds a finished or interrupted run."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """Hyperparameter search over this recipe's keys, run by ``hf-tune search`` (``hf-tune train`` ignores it)."""
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    """CPU threads and padding granularity (hf_tune.speed)."""
 
     def validate(self) -> list[str]:
         """Cross-field checks; returns every problem found (empty when valid). Independent of how the run is
@@ -322,6 +650,11 @@ class BaseConfig:
         t = self.training
         if t.get("bf16") and t.get("fp16"):
             errors.append("training.bf16 and training.fp16 are both true: choose one precision")
+        if t.get("train_sampling_strategy") == "group_by_length" and self.modality() != "text":
+            errors.append(
+                "training.train_sampling_strategy=group_by_length groups token sequences by length; "
+                f"{self.modality()} data has none (use random)"
+            )
         tech = self.techniques
         from hf_tune.losses import LOSSES
         from hf_tune.optim import OPTIMIZERS, SCHEDULES
@@ -354,7 +687,21 @@ class BaseConfig:
             errors.append("techniques.freeze.first_n_blocks must be >= 0")
         if tech.lora.enabled and (tech.freeze.first_n_blocks or tech.freeze.embeddings):
             errors.append("techniques.lora.enabled already freezes the base model: drop techniques.freeze.*")
-        return errors
+        errors += tech.swa.errors() + tech.distill.errors() + tech.anchor.errors()
+        for name in tech.enabled():
+            if name in self.spec.without:
+                errors.append(f"techniques.{name}: not available for {self.spec.name} (see docs/techniques.md)")
+        if tech.swa.enabled and tech.ema.enabled and tech.ema.use_for_final_model:
+            errors.append(
+                "techniques.swa and techniques.ema.use_for_final_model both choose the final weights: keep one"
+            )
+        if tech.swa.enabled and t.get("load_best_model_at_end"):
+            errors.append("techniques.swa and training.load_best_model_at_end both choose the final weights")
+        if tech.anchor.method != "none" and tech.lora.enabled:
+            errors.append("techniques.anchor: LoRA keeps the base weights where they are already; drop one of them")
+        if tech.calibration.enabled:
+            errors += tech.calibration.errors()
+        return errors + self.search.errors() + self.speed.errors()
 
     def _data_limit_errors(self) -> list[str]:
         """``data.max_*`` subset sizes (max_train_samples, max_eval_docs, ...) must be positive when set."""

@@ -23,6 +23,7 @@ from hf_tune.schema import (
     LrConfig,
     MonitorConfig,
     OptimConfig,
+    SwaConfig,
 )
 
 
@@ -67,6 +68,16 @@ def build_ema_callback(ema: EmaConfig, resume_from: str | None):
     from hf_tune.callbacks import EmaCallback
 
     return EmaCallback(ema.decay, ema.warmup, resume_from) if ema.enabled else None
+
+
+def swa_settings(swa: SwaConfig, resume_from: str | None) -> dict[str, Any]:
+    """HfTuneTrainer kwargs for ``techniques.swa``: the averaging callback and the SWA learning rate."""
+    from hf_tune.callbacks import SwaCallback
+
+    if not swa.enabled:
+        return {}
+    callback = SwaCallback(swa.start, swa.interval, swa.bn_batches, resume_from)
+    return {"swa": callback, "swa_lr": swa.lr, "swa_anneal_steps": swa.anneal_steps}
 
 
 LORA_DEFAULT_TARGETS = ["query", "key", "value", "dense"]

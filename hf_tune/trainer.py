@@ -3,7 +3,8 @@
 - ``create_optimizer``: builds hf_tune's parameter groups (layer-wise / backbone LRs with explicit ``lr``,
   frozen parameters included for later unfreezing) with the optimizer class Trainer picks for ``optim``;
   a pre-built optimizer would be refused under FSDP, this hook is not.
-- ``create_scheduler``: hf_tune's extra schedules (step, multistep, exponential, cosine restarts).
+- ``create_scheduler``: hf_tune's extra schedules (step, multistep, exponential, cosine restarts), and the
+  SWA learning rate from ``techniques.swa.start`` on (torch's SWALR after the recipe's schedule).
 - ``compute_loss``: the one loss extension point. A :class:`TrainingLoss` gets everything a loss may need
   (:class:`LossInputs`: logits, labels, the model outputs, the inputs, the model) and ``penalties`` add terms
   (regularisers such as a pull toward earlier weights), because Trainer only offers the model's own loss or
@@ -14,7 +15,15 @@
   multi-task loss's per-task losses and weights) to Trainer's logs so they reach log_history and every
   reporting integration.
 - ``_get_train_sampler``: a multi-task run's task sampler (proportional, temperature, uniform, round-robin)
-  replaces the random sampler; Trainer and accelerate still build, shard and resume the DataLoader.
+  replaces the random sampler; with ``train_sampling_strategy=group_by_length`` hf_tune's length-grouped
+  sampler replaces Trainer's, because Trainer's draws from the global (or an unsaved) RNG, so a resumed run
+  would see other batches, and orders batches by length within each mega-batch. Trainer and accelerate still
+  build, shard and resume the DataLoader.
+- ``_get_eval_sampler``: with ``group_by_length``, evaluation and prediction run longest first (little padding
+  per batch) instead of Trainer's random grouping, which nothing puts back in order.
+- ``evaluation_loop``: results of a length-sorted evaluation are put back in input order before
+  ``compute_metrics`` and in what ``evaluate``/``predict`` return (metrics that map predictions to documents by
+  position, such as token classification's, stay correct).
 Everything else (EMA updates, clipping, freezing schedules, saved config) is a TrainerCallback.
 """
 
@@ -27,6 +36,9 @@ from typing import Any
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import EvalPrediction, has_length
+
+from hf_tune.data.batching import LengthGroupedSampler, LengthSortedSampler, in_input_order, sequence_lengths
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 GroupFn = Callable[[torch.nn.Module], list[dict[str, Any]]]
@@ -95,6 +107,9 @@ class HfTuneTrainer(Trainer):
         grad_monitor=None,
         train_sampler=None,
         log_sources: list[Any] | None = None,
+        swa=None,
+        swa_lr: float | None = None,
+        swa_anneal_steps: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -109,7 +124,8 @@ class HfTuneTrainer(Trainer):
         self.optimizer_cls = optimizer_cls
         self.train_sampler = train_sampler
         self.log_sources = [s for s in (grad_monitor, *(log_sources or [])) if s is not None]
-        for cb in (ema, grad_monitor):
+        self.swa, self.swa_lr, self.swa_anneal_steps = swa, swa_lr, swa_anneal_steps
+        for cb in (ema, grad_monitor, swa):
             if cb is not None:
                 self.add_callback(cb)
 
@@ -130,21 +146,72 @@ class HfTuneTrainer(Trainer):
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.schedule is None:
-            return super().create_scheduler(num_training_steps, optimizer)
-        from hf_tune.optim import build_schedule
+        from hf_tune.optim import build_schedule, swa_schedule
 
-        if self.lr_scheduler is None:
+        if self.lr_scheduler is not None:
+            return self.lr_scheduler
+        if self.schedule is None:
+            super().create_scheduler(num_training_steps, optimizer)
+        else:
             name, kwargs = self.schedule
             warmup = self.args.get_warmup_steps(num_training_steps)
             self.lr_scheduler = build_schedule(name, optimizer or self.optimizer, warmup, **kwargs)
             self._created_lr_scheduler = True
+        if self.swa is not None and self.swa_lr is not None:
+            self.lr_scheduler = swa_schedule(
+                self.lr_scheduler,
+                optimizer or self.optimizer,
+                start_step=self.swa.start_step(num_training_steps),
+                swa_lr=self.swa_lr,
+                reference_lr=float(self.args.learning_rate),
+                anneal_steps=self.swa_anneal_steps,
+            )
         return self.lr_scheduler
 
     def _get_train_sampler(self, train_dataset=None):
         if self.train_sampler is not None:
             return self.train_sampler
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and dataset is not None and has_length(dataset):
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            lengths = sequence_lengths(dataset, self._length_key())
+            return LengthGroupedSampler(lengths, self._train_batch_size, seed=seed)
         return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # per-batch metrics and unconcatenated batches have no whole-set order to restore: they stay sequential
+        per_batch = self.args.batch_eval_metrics or not self.args.eval_do_concat_batches
+        sortable = eval_dataset is not None and has_length(eval_dataset) and not per_batch
+        if self.args.train_sampling_strategy == "group_by_length" and sortable:
+            return LengthSortedSampler(sequence_lengths(eval_dataset, self._length_key()))
+        return super()._get_eval_sampler(eval_dataset)
+
+    def _length_key(self) -> str:
+        names = getattr(self.processing_class, "model_input_names", None)
+        return names[0] if names else "input_ids"
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, **kwargs):
+        order = getattr(_sampler_of(dataloader), "order", None)
+        if order is None:
+            return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, **kwargs)
+        compute = self.compute_metrics
+        if compute is not None:
+            # losses are per batch (repeated), not per example: they have no input order to restore
+            self.compute_metrics = lambda p: compute(
+                EvalPrediction(
+                    predictions=in_input_order(p.predictions, order),
+                    label_ids=in_input_order(p.label_ids, order),
+                    inputs=in_input_order(p.inputs, order),
+                    losses=p.losses,
+                )
+            )
+        try:
+            out = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, **kwargs)
+        finally:
+            self.compute_metrics = compute
+        return out._replace(
+            predictions=in_input_order(out.predictions, order), label_ids=in_input_order(out.label_ids, order)
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.training_loss is None or "labels" not in inputs:
@@ -183,6 +250,17 @@ class HfTuneTrainer(Trainer):
     def use_ema_weights(self) -> None:
         """Make the EMA weights the model's weights for good (final model)."""
         self.model.load_state_dict(self.ema.state_dict())
+
+
+def _sampler_of(dataloader) -> Any:
+    """The index sampler under a (possibly accelerate-sharded) DataLoader's batch sampler."""
+    batches = getattr(dataloader, "batch_sampler", None)
+    while batches is not None:
+        sampler = getattr(batches, "sampler", None)
+        if sampler is not None:
+            return sampler
+        batches = getattr(batches, "batch_sampler", None)  # accelerate's BatchSamplerShard wraps the original
+    return None
 
 
 def _default_groups(weight_decay: float, lr: float) -> GroupFn:

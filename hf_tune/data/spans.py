@@ -213,6 +213,35 @@ def stitch_owner(windows: Sequence[tuple[int, int]], n_tokens: int) -> np.ndarra
     return best
 
 
+@dataclass(frozen=True)
+class StitchPlan:
+    """Where every token of a list of documents takes its decision, for all documents at once: token ``t`` of
+    the concatenated documents reads row ``rows[t]`` (its owning window, counted over all documents' windows in
+    order) at position ``cols[t]`` (after the window's [CLS]). Document ``d`` is tokens
+    ``doc_starts[d]:doc_starts[d + 1]``."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    doc_starts: np.ndarray
+    n_windows: int
+
+
+def stitch_plan(windows: Sequence[Sequence[tuple[int, int]]], n_tokens: Sequence[int]) -> StitchPlan:
+    """The :class:`StitchPlan` of documents with these windows and token counts (ownership: :func:`stitch_owner`).
+    It depends only on the window layout, so evaluation computes it once per split and then gathers every
+    document's token outputs with one indexing operation."""
+    rows, cols, starts, base = [], [], [0], 0
+    for wins, n in zip(windows, n_tokens, strict=True):
+        owner = stitch_owner(wins, n)
+        first_token = np.asarray([a for a, _ in wins], dtype=np.int64)
+        rows.append(base + owner)
+        cols.append(1 + np.arange(n) - first_token[owner])
+        starts.append(starts[-1] + n)
+        base += len(wins)
+    cat = (lambda xs: np.concatenate(xs).astype(np.int64)) if rows else (lambda xs: np.zeros(0, dtype=np.int64))
+    return StitchPlan(cat(rows), cat(cols), np.asarray(starts, dtype=np.int64), base)
+
+
 # --------------------------------------------------------------------------------------------------
 # Span metrics (exact match on character spans)
 # --------------------------------------------------------------------------------------------------

@@ -243,6 +243,9 @@ class Recipe:
     """
 
     config_cls: ClassVar[type[BaseConfig]]
+    training_defaults: ClassVar[dict[str, Any]] = {}
+    """TrainingArguments values this kind prefers to Trainer's own defaults; a recipe's ``training:`` wins.
+    Text kinds group batches by length (``train_sampling_strategy=group_by_length``, see hf_tune.data.batching)."""
 
     def __init__(self, cfg: BaseConfig) -> None:
         self.cfg = cfg
@@ -308,7 +311,11 @@ class Recipe:
 
     def evaluate(self) -> dict[str, float]:
         """Metrics on val (``eval_*``) and, when there is one, test (``test_*``)."""
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Any] = {}
+        if self.cfg.techniques.calibration.enabled:  # first: it changes the output layer the metrics then measure
+            from hf_tune.calibration import calibrate
+
+            metrics["calibration"] = calibrate(self)
         for split, prefix in (("val", "eval"), ("test", "test")):
             if split in self.datasets:
                 self.use_metric_split(split)
@@ -440,7 +447,7 @@ class Recipe:
         from hf_tune.techniques import hf_tune_clips
 
         cpu = use_cpu_backend_for_multiprocess()
-        kwargs = {**self.cfg.training, "output_dir": str(self.output_dir), **overrides}
+        kwargs = {**self.training_defaults, **self.cfg.training, "output_dir": str(self.output_dir), **overrides}
         if cpu:
             kwargs["use_cpu"] = True
         kwargs.pop("resume_from_checkpoint", None)  # hf_tune resolves resuming itself (resume=true)
@@ -466,37 +473,57 @@ class Recipe:
         t = self.cfg.techniques
         if hf_tune_clips(t.clipping, t.monitor):
             args.max_grad_norm = 0.0  # GradientCallback clips once instead; Trainer still logs the norm
+        if args.device.type == "cpu":
+            from hf_tune.speed import apply_cpu_threads
+
+            apply_cpu_threads(self.cfg.speed.cpu_threads)  # before any model runs: torch's pool is process-wide
         return args
 
     def _setup_trainer(self) -> None:
+        from hf_tune.calibration import setup_errors
         from hf_tune.callbacks import MarkCheckpointComplete, SaveResolvedConfig, StopOnSignal, route_logs_to_stderr
 
+        errors = setup_errors(self)  # first: a run that cannot be calibrated must not train (data and model known)
+        if errors:
+            raise ConfigError(errors, self.cfg.recipe)
         self._stop = StopOnSignal()
+        from hf_tune.anchor import build_anchor_penalty
         from hf_tune.data.draws import seed_item_draws
         from hf_tune.techniques import (
             apply_transfer_controls,
             build_ema_callback,
             build_grad_callback,
             optimizer_settings,
+            swa_settings,
         )
         from hf_tune.trainer import HfTuneTrainer
 
         t = self.cfg.techniques
-        seed_item_draws(self.datasets.get("train"), self.args.seed)  # augmentation draws per (seed, epoch, item)
+        # augmentation draws per (seed, epoch, item); data_seed, like Trainer's sampler, when given
+        seed_item_draws(
+            self.datasets.get("train"), self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        )
+        # the anchor is the model as built, before resuming loads a checkpoint's weights into it
+        anchor = build_anchor_penalty(self.model, self.cfg, self.cfg.model.name)
         # after the model, before Trainer builds the optimizer from it
         self.model, self._unfreeze = apply_transfer_controls(self.model, t.freeze, t.lora, self.spec.lora_task_type)
+        resume = str(self._resume_from) if self._resume_from else None
+        loss = self.training_loss()  # before trainer_extras: a kind's extras may log its loss's parts (multi-task)
+        extras = self.trainer_extras()
+        if anchor is not None:
+            extras = {**extras, "penalties": [anchor], "log_sources": [*extras.get("log_sources", []), anchor]}
         self.trainer = HfTuneTrainer(
             model=self.model,
             args=self.args,
             train_dataset=self.datasets.get("train"),
-            eval_dataset=self.datasets.get("val"),
+            eval_dataset=self.training_eval_dataset(),
             data_collator=self.data_collator(),
             processing_class=self.processing_class(),
             compute_metrics=self.compute_metrics,
             preprocess_logits_for_metrics=self.preprocess_logits(),
             callbacks=[SaveResolvedConfig(self.cfg), self._stop],
-            loss=self.training_loss(),
-            ema=build_ema_callback(t.ema, str(self._resume_from) if self._resume_from else None),
+            loss=loss,
+            ema=build_ema_callback(t.ema, resume),
             evaluate_with_ema=t.ema.evaluate_with_ema,
             grad_monitor=build_grad_callback(t.clipping, t.monitor, self.max_grad_norm),
             **optimizer_settings(
@@ -507,23 +534,50 @@ class Recipe:
                 learning_rate=float(self.args.learning_rate),
                 weight_decay=float(self.args.weight_decay),
             ),
-            **self.trainer_extras(),
+            **swa_settings(t.swa, resume),
+            **extras,
         )
         if self._unfreeze is not None:
             self.trainer.add_callback(self._unfreeze)
+        if self.cfg.search.trial is not None:  # launched by hf-tune search: report evaluations, stop when pruned
+            from hf_tune.search_trial import build_trial_callback
+
+            self.trainer.add_callback(build_trial_callback(self.cfg.search, self.output_dir))
         self.trainer.add_callback(MarkCheckpointComplete())  # last: after every part of a checkpoint is written
         route_logs_to_stderr(self.trainer)
+
+    def training_eval_dataset(self):
+        """What Trainer's evaluations during training score (``training.eval_strategy``): the val split; kinds
+        with ``data.max_train_eval_*`` score a seeded subset then and the whole split after training."""
+        return self.datasets.get("val")
 
     def trainer_extras(self) -> dict[str, Any]:
         """Further HfTuneTrainer arguments of a recipe kind (multi-task: sampler, log sources)."""
         return {}
 
     def training_loss(self):
-        """The HfTuneTrainer loss: the task loss on the logits, or None for the model's own loss."""
+        """The HfTuneTrainer loss: the task loss on the logits (None: the model's own loss), with a teacher's
+        soft targets added when ``techniques.distill.teacher`` is set."""
         from hf_tune.trainer import LogitsLoss
 
         fn = self.task_loss(float(self.args.label_smoothing_factor))
-        return None if fn is None else LogitsLoss(fn)
+        loss = None if fn is None else LogitsLoss(fn)
+        d = self.cfg.techniques.distill
+        if d.teacher is None:
+            return loss
+        from hf_tune.distill import DistillLoss, load_teacher
+
+        teacher, adapt = load_teacher(d.teacher, self.cfg, self.model, getattr(self, "tokenizer", None))
+        log(f"distillation from {d.teacher}: T={d.temperature}, alpha={d.alpha} on the labels")
+        return DistillLoss(
+            loss,
+            self.head,
+            teacher,
+            temperature=d.temperature,
+            alpha=d.alpha,
+            hidden_weight=d.hidden_weight,
+            teacher_inputs=adapt,
+        )
 
     def task_loss(self, label_smoothing: float):
         """This task's loss ``fn(logits, labels)`` from ``techniques.loss`` (focal, class weights) and label
@@ -639,6 +693,35 @@ class Recipe:
         :meth:`evaluate_saved`."""
         raise NotImplementedError
 
+    def training_set(self, model) -> Any:
+        """``cfg.data``'s training split as training draws it (augmentation included), for a finished ``model``:
+        recomputing the BatchNorm statistics of averaged weights, estimating Fisher information (EWC)."""
+        self.model = model
+        self.prepare_data()
+        return self.datasets["train"]
+
+    def training_batches(self, model, batch_size: int, max_batches: int | None = None) -> Iterator[dict[str, Any]]:
+        """Collated, shuffled (seeded by data.split_seed) batches of :meth:`training_set`."""
+        import torch
+
+        from hf_tune.data.draws import seed_item_draws
+
+        ds = self.training_set(model)
+        seed = int(getattr(getattr(self.cfg, "data", None), "split_seed", 0))
+        seed_item_draws(ds, seed)
+        collate = self.data_collator()
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+            **({"collate_fn": collate} if collate else {}),
+        )
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                return
+            yield batch
+
 
 @dataclass
 class TrainResult:
@@ -662,6 +745,10 @@ def plan_training(recipe: Recipe) -> dict[str, Any]:
     resume_from = check_output_dir(recipe.output_dir, resume=recipe.cfg.resume, overwrite=recipe.cfg.overwrite)
     recipe.prepare_data()
     recipe.build_model()  # the model is checked too (and some kinds lay out their datasets only here)
+    from hf_tune.calibration import setup_errors
+
+    if setup_errors(recipe):
+        raise ConfigError(setup_errors(recipe), recipe.cfg.recipe)
     n_params = sum(p.numel() for p in recipe.model.parameters())
     n_trainable = sum(p.numel() for p in recipe.model.parameters() if p.requires_grad)
     sizes = {}

@@ -112,6 +112,7 @@ class ClauseExtractionConfig(BaseConfig):
             "or `hf-tune predict MODEL_DIR contract.txt` (JSONL: spans with category, text and score).\n"
         ),
         multitask_task=False,
+        without=("distill", "anchor"),  # the encoder is frozen; only fresh heads train
     )
     model: ClauseModelConfig = field(default_factory=ClauseModelConfig)
     data: ClauseDataConfig = field(default_factory=ClauseDataConfig)

@@ -292,6 +292,12 @@ class ImageClassificationRecipe(Recipe):
             for i, row in zip(idx, logits, strict=True):
                 yield {"input": split.ids[i], **self.head.format_prediction(row, names)}
 
+    def training_set(self, model) -> TransformedImages:
+        self.model = model
+        self.prepare_data()
+        self.attach_encoder({"pretrained_cfg": model.config.pretrained_cfg})  # transforms of the saved model
+        return self.datasets["train"]
+
     def _predict_inputs(self, source: str) -> ImageSplit:
         """An image file, a folder of images (recursive), or a dataset file (its ``data.split``)."""
         p = Path(source)

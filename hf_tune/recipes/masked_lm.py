@@ -77,12 +77,13 @@ class MaskedLMConfig(BaseConfig):
             " seeded masking)"
         ),
         multitask_task=False,
+        without=("distill",),
     )
     model: TextModelConfig = field(default_factory=TextModelConfig)
     data: MaskedLMDataConfig = field(default_factory=MaskedLMDataConfig)
 
     def validate(self) -> list[str]:
-        errors = super().validate() + self.data.split_errors()
+        errors = super().validate() + self.data.split_errors() + self.model.errors()
         d = self.data
         if not 0.0 < d.mlm_probability < 1.0:
             errors.append(f"data.mlm_probability must be in (0, 1), got {d.mlm_probability}")
@@ -186,7 +187,10 @@ class MaskedLMRecipe(Recipe):
         )
 
     def build_model(self) -> None:
-        self.model = load_masked_lm(self.cfg.model.name, self.cfg.model.pretrained_file)
+        m = self.cfg.model
+        self.model = load_masked_lm(
+            m.name, m.pretrained_file, num_layers=m.num_layers, layer_pick=m.layer_pick, **m.kwargs()
+        )
 
     def train_labels(self):
         return None
@@ -316,7 +320,7 @@ class MaskedPositionsLoss(TrainingLoss):
         return torch.nn.functional.cross_entropy(logits.float(), target)
 
 
-def load_masked_lm(name: str, pretrained_file: str | None = None):
+def load_masked_lm(name: str, pretrained_file: str | None = None, **kwargs: Any):
     """``AutoModelForMaskedLM`` for ``name``, keeping the encoder's pooler.
 
     BERT's masked-LM class has no pooler, so a sentence classifier fine-tuned from the adapted folder would get
@@ -327,7 +331,7 @@ def load_masked_lm(name: str, pretrained_file: str | None = None):
     from transformers import AutoModel, AutoModelForMaskedLM
     from transformers.utils import logging as hf_logging
 
-    model = load_pretrained(AutoModelForMaskedLM, name, pretrained_file=pretrained_file)
+    model = load_pretrained(AutoModelForMaskedLM, name, pretrained_file=pretrained_file, **kwargs)
     base = getattr(model, model.base_model_prefix, None)
     if base is not None and getattr(base, "pooler", False) is None:
         verbosity = hf_logging.get_verbosity()

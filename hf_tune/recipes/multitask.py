@@ -123,6 +123,7 @@ class MultitaskConfig(BaseConfig):
             "or `hf-tune predict MODEL_DIR INPUT task={task}`.\n"
         ),
         multitask_task=False,
+        without=("distill",),  # one teacher per task is not supported yet
     )
     model: MultitaskModelConfig = field(default_factory=MultitaskModelConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
@@ -179,6 +180,9 @@ class MultitaskConfig(BaseConfig):
             head = getattr(sub.data, "head_name", None) if sub is not None else None  # tagging kinds choose a head
             if head is not None and not HEADS.get(head()).in_multitask:
                 errors.append(f"tasks.{name}: the {head()} head cannot be a multi-task head; choose another scheme")
+            for key in ("max_train_eval_docs", "max_train_eval_samples"):  # single-task Recipe.training_eval_dataset
+                if getattr(getattr(sub, "data", None), key, None) is not None:
+                    errors.append(f"tasks.{name}.data.{key}: single-task recipes only (a task scores its whole split)")
         if len(modalities) > 1:
             errors.append("tasks: text and image tasks cannot share one encoder; use one modality per recipe")
         m = self.multitask

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from hf_tune.augment import AugmentedTrainSet, build_augmenter, eda
+from hf_tune.data.batching import longest_first
 from hf_tune.data.documents import limit_splits, load_texts
 from hf_tune.data.splits import carve, concat_items, select, take_items
 from hf_tune.errors import DataError
@@ -39,6 +40,9 @@ class TextDataConfig(DataSplitsConfig):
     """Longer texts are truncated (classification reads the beginning; tag long documents instead)."""
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    max_train_eval_samples: int | None = None
+    """Evaluations during training (training.eval_strategy) score a seeded subset of this many validation
+    examples; the evaluation after training scores all of them. None: every evaluation scores all."""
     span_min_chars: int = 1
     """format=spans: skip clause texts shorter than this."""
     augment: TextAugmentConfig = field(default_factory=TextAugmentConfig)
@@ -62,7 +66,7 @@ class TextClassificationConfig(BaseConfig):
     data: TextDataConfig = field(default_factory=TextDataConfig)
 
     def validate(self) -> list[str]:
-        errors = super().validate() + self.data.split_errors() + self.data.augment.errors()
+        errors = super().validate() + self.data.split_errors() + self.data.augment.errors() + self.model.errors()
         if self.data.multi_label and self.data.regression:
             errors.append("data.multi_label and data.regression are both true: choose one")
         elif not HEADS.get(self.data.head_name()).uses_class_loss and self.techniques.loss.name != "cross_entropy":
@@ -84,11 +88,21 @@ class EncodedTexts(torch.utils.data.Dataset):
         item["labels"] = self.labels[i]
         return item
 
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per example (what length-grouped batching sorts by)."""
+        return [len(ids) for ids in self.encodings["input_ids"]]
+
+    def take(self, indices) -> EncodedTexts:
+        return EncodedTexts({k: [v[i] for i in indices] for k, v in self.encodings.items()}, self.labels[indices])
+
 
 @register_kind
 class TextClassificationRecipe(Recipe):
     config_cls = TextClassificationConfig
     cfg: TextClassificationConfig
+    # texts vary widely in length: batches of similar lengths pad little (hf_tune.data.batching)
+    training_defaults = {"train_sampling_strategy": "group_by_length"}
 
     @property
     def head(self) -> SequenceHead:
@@ -154,7 +168,10 @@ class TextClassificationRecipe(Recipe):
             AutoModelForSequenceClassification,
             self.cfg.model.name,
             pretrained_file=self.cfg.model.pretrained_file,
+            num_layers=self.cfg.model.num_layers,
+            layer_pick=self.cfg.model.layer_pick,
             **kwargs,
+            **self.cfg.model.kwargs(),
         )
 
     def _augmented(self, encoded: EncodedTexts, rows: list[dict], synonyms, rates) -> AugmentedTrainSet:
@@ -175,7 +192,17 @@ class TextClassificationRecipe(Recipe):
     def data_collator(self):
         from transformers import DataCollatorWithPadding
 
-        return DataCollatorWithPadding(self.tokenizer)
+        from hf_tune.speed import pad_multiple
+
+        multiple = pad_multiple(self.cfg.speed.pad_to_multiple_of, cuda=torch.cuda.is_available())
+        return DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=multiple)
+
+    def training_eval_dataset(self):
+        """The val split, or a seeded subset of ``data.max_train_eval_samples`` examples during training."""
+        val, n = self.datasets.get("val"), self.cfg.data.max_train_eval_samples
+        if val is None or n is None or n >= len(val):
+            return val
+        return val.take(np.sort(np.random.default_rng(self.cfg.data.split_seed).permutation(len(val))[:n]))
 
     def processing_class(self):
         return self.tokenizer
@@ -222,19 +249,23 @@ class TextClassificationRecipe(Recipe):
         from hf_tune.recipes.token_classification import read_documents_for_prediction
 
         model = (model or self.load_model(model_dir)).eval()
+        if next(model.parameters()).device.type == "cpu":
+            from hf_tune.speed import apply_cpu_threads
+
+            apply_cpu_threads(self.cfg.speed.cpu_threads)
         tok = AutoTokenizer.from_pretrained(str(model_dir))
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         docs = list(read_documents_for_prediction(source, self.cfg.data.text_column))
+        enc = tok([d.text for d in docs], truncation=True, max_length=self.cfg.data.max_length)
+        rows = [{k: v[i] for k, v in enc.items()} for i in range(len(docs))]
+        order = longest_first([len(r["input_ids"]) for r in rows])  # batches of similar lengths pad little
+        logits: list[np.ndarray] = [np.zeros(0)] * len(docs)
         for start in range(0, len(docs), batch_size):
-            chunk = docs[start : start + batch_size]
-            batch = tok(
-                [d.text for d in chunk],
-                truncation=True,
-                max_length=self.cfg.data.max_length,
-                padding=True,
-                return_tensors="pt",
-            )
-            with torch.no_grad():
-                logits = model(**batch).logits.float().numpy()
-            for doc, row in zip(chunk, logits, strict=True):
-                yield {"id": doc.id, **self.head.format_prediction(row, names)}
+            idx = order[start : start + batch_size]
+            batch = tok.pad([rows[i] for i in idx], return_tensors="pt")
+            with torch.inference_mode():
+                out = model(**batch).logits.float().numpy()
+            for j, i in enumerate(idx):
+                logits[i] = out[j]
+        for doc, row in zip(docs, logits, strict=True):
+            yield {"id": doc.id, **self.head.format_prediction(row, names)}

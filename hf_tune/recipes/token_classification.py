@@ -9,7 +9,8 @@ central. What a token predicts (BIO tags, or B/I sigmoids per category) is the t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -20,16 +21,25 @@ import torch
 
 from hf_tune.augment import AugmentedTrainSet, build_augmenter, eda
 from hf_tune.crf import CRF, crf_tagging_loss
+from hf_tune.data.batching import longest_first
 from hf_tune.data.clauses import cuad_metrics
-from hf_tune.data.documents import limit_splits, load_document_splits, prediction_row, read_documents_for_prediction
+from hf_tune.data.documents import (
+    limit_splits,
+    load_document_splits,
+    prediction_row,
+    read_documents_for_prediction,
+    subset,
+)
 from hf_tune.data.spans import (
     IGNORE,
     Document,
     Span,
+    StitchPlan,
     first_subword_mask,
     seqeval_f1,
     span_metrics,
     stitch_owner,
+    stitch_plan,
     window_starts,
 )
 from hf_tune.data.splits import carve, concat_items, select, take_items
@@ -73,6 +83,9 @@ class TokenDataConfig(DataSplitsConfig):
     max_train_docs: int | None = None
     """Use a seeded subset of the training documents (CPU-sized runs)."""
     max_eval_docs: int | None = None
+    max_train_eval_docs: int | None = None
+    """Evaluations during training (training.eval_strategy) score a seeded subset of this many validation
+    documents; the evaluation after training scores all of them. None: every evaluation scores all."""
     threshold: float = 0.5
     """multilabel: sigmoid threshold for B/I decisions."""
     augment: TextAugmentConfig = field(default_factory=TextAugmentConfig)
@@ -99,7 +112,7 @@ class TokenClassificationConfig(BaseConfig):
     data: TokenDataConfig = field(default_factory=TokenDataConfig)
 
     def validate(self) -> list[str]:
-        errors = super().validate() + self.data.split_errors() + self.data.augment.errors()
+        errors = super().validate() + self.data.split_errors() + self.data.augment.errors() + self.model.errors()
         d = self.data
         if not 0 < d.stride <= d.window - 2:
             errors.append(f"data.stride must be in (0, data.window - 2], got stride={d.stride}, window={d.window}")
@@ -115,6 +128,11 @@ class TokenClassificationConfig(BaseConfig):
                 errors.append("techniques.lora: data.scheme=bio_crf is not available with LoRA yet; use bio")
             if self.training.get("label_smoothing_factor", 0):
                 errors.append("training.label_smoothing_factor does not apply to data.scheme=bio_crf; drop it")
+            if self.techniques.distill.teacher is not None:
+                errors.append(
+                    "techniques.distill: a CRF scores whole tag paths, not per-token distributions to match; distil "
+                    "with data.scheme=bio (or multilabel)"
+                )
         elif not HEADS.get(d.head_name()).uses_class_loss and self.techniques.loss.class_weights is not None:
             errors.append("techniques.loss.class_weights applies to the bio scheme only (multilabel uses sigmoids)")
         return errors
@@ -162,14 +180,17 @@ def encode_document(tokenizer, doc: Document, window: int, stride: int) -> Encod
 
 
 class TokenCollator:
-    """Pads input ids with the tokenizer and token labels with the head's own collation (-100 padding)."""
+    """Pads input ids with the tokenizer (to the batch's longest window, rounded up to ``pad_to_multiple_of``)
+    and token labels with the head's own collation (-100 padding)."""
 
-    def __init__(self, tokenizer, head: TaggingHead) -> None:
-        self.tokenizer, self.head = tokenizer, head
+    def __init__(self, tokenizer, head: TaggingHead, pad_to_multiple_of: int | None = None) -> None:
+        self.tokenizer, self.head, self.pad_to_multiple_of = tokenizer, head, pad_to_multiple_of
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer.pad(
-            [{k: v for k, v in f.items() if k != "labels"} for f in features], return_tensors="pt"
+            [{k: v for k, v in f.items() if k != "labels"} for f in features],
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            return_tensors="pt",
         )
         if "labels" in features[0]:
             batch["labels"] = self.head.collate([f["labels"] for f in features], batch["input_ids"].shape[1])
@@ -180,6 +201,11 @@ class TokenCollator:
 class TokenClassificationRecipe(Recipe):
     config_cls = TokenClassificationConfig
     cfg: TokenClassificationConfig
+    # a document's last window is short and CoNLL sentences vary widely: batches of similar lengths pad little
+    training_defaults = {"train_sampling_strategy": "group_by_length"}
+    predict_chunk_batches = 32
+    """Prediction sorts the windows of this many batches' worth of documents by length at a time (memory stays
+    bounded on a folder of any size; a longer document is one chunk of its own)."""
 
     @property
     def head(self) -> TaggingHead:
@@ -229,7 +255,10 @@ class TokenClassificationRecipe(Recipe):
         for s in ("val", "test"):
             if s in self.encoded:
                 self.datasets[s] = self._eval_windows(self.encoded[s])
-        self._metric_docs = self.encoded.get("val", [])
+        self._plans: dict[str, tuple[list[EncodedDoc], StitchPlan, list[set[Span]]]] = {}
+        if d.max_train_eval_docs is not None and len(self.encoded.get("val", [])) > d.max_train_eval_docs:
+            self.encoded["val_subset"] = subset(self.encoded["val"], d.max_train_eval_docs, d.split_seed)
+        self._metric_split = "val"
         n_tok = sum(len(e.ids) for e in self.encoded["train"])
         log(
             f"data: {', '.join(f'{k}={len(v)} docs' for k, v in splits.items())}; {n_tok} train tokens, "
@@ -315,7 +344,10 @@ class TokenClassificationRecipe(Recipe):
             AutoModelForTokenClassification,
             self.cfg.model.name,
             pretrained_file=self.cfg.model.pretrained_file,
+            num_layers=self.cfg.model.num_layers,
+            layer_pick=self.cfg.model.layer_pick,
             **kwargs,
+            **self.cfg.model.kwargs(),
         )
         if self.head.name == "bio_crf_tagging":
             attach_crf(self.model, self.label_names)
@@ -334,7 +366,20 @@ class TokenClassificationRecipe(Recipe):
         return np.concatenate([np.asarray(e["labels"]).reshape(-1) for e in getattr(ds, "base", ds)])
 
     def data_collator(self):
-        return TokenCollator(self.tokenizer, self.head)
+        from hf_tune.speed import pad_multiple
+
+        return TokenCollator(
+            self.tokenizer, self.head, pad_multiple(self.cfg.speed.pad_to_multiple_of, cuda=torch.cuda.is_available())
+        )
+
+    def training_eval_dataset(self):
+        """Trainer's evaluations during training: the val windows, or those of ``data.max_train_eval_docs``
+        documents (compute_metrics maps them back through the ``val_subset`` split until :meth:`evaluate`
+        switches to whole splits)."""
+        if "val_subset" not in self.encoded:
+            return self.datasets.get("val")
+        self._metric_split = "val_subset"
+        return self._eval_windows(self.encoded["val_subset"])
 
     def processing_class(self):
         return self.tokenizer
@@ -349,7 +394,16 @@ class TokenClassificationRecipe(Recipe):
 
     def use_metric_split(self, split: str) -> None:
         """compute_metrics maps window predictions back to the documents of this split."""
-        self._metric_docs = self.encoded.get(split, [])
+        self._metric_split = split
+
+    def _metric_plan(self, split: str) -> tuple[list[EncodedDoc], StitchPlan, list[set[Span]]]:
+        """A split's documents, where each token reads its decision, and the gold spans: fixed once the data
+        is prepared, so computed at the first evaluation of the split and reused by every later one."""
+        if split not in self._plans:
+            docs = self.encoded.get(split, [])
+            plan = stitch_plan([e.windows for e in docs], [len(e.ids) for e in docs])
+            self._plans[split] = (docs, plan, [set(e.doc.spans) for e in docs])
+        return self._plans[split]
 
     # ---------------------------------------------------------------- decoding and metrics
     def decode(self, e: EncodedDoc, window_outputs: list[np.ndarray]) -> list[tuple[Span, float]]:
@@ -362,25 +416,30 @@ class TokenClassificationRecipe(Recipe):
         for w, (a, b) in enumerate(e.windows):
             mine = np.flatnonzero(owner[a:b] == w)
             tok[a + mine] = window_outputs[w][mine]
+        return self.decode_tokens(e, tok)
+
+    def decode_tokens(self, e: EncodedDoc, tok: np.ndarray) -> list[tuple[Span, float]]:
+        """Stitched per-token outputs of one document (one row per token) -> its (span, score) pairs."""
+        if len(e.ids) == 0:
+            return []
         d = self.cfg.data
         first = None if d.label_all_subwords else e.first
         crf = getattr(self.model, "crf", None)
         extra = {"crf": crf} if crf is not None else {}  # heads without a CRF keep the plain signature
-        return self.head.decode(tok, e.offsets, first, self.categories, d.threshold, **extra)
+        return self.head.decode(
+            np.asarray(tok, dtype=np.float32), e.offsets, first, self.categories, d.threshold, **extra
+        )
 
     def compute_metrics(self, eval_pred) -> dict[str, float]:
-        preds = eval_pred.predictions
-        docs = self._metric_docs
-        pred_sets, gold_sets, i = [], [], 0
-        for e in docs:
-            outs = []
-            for a, b in e.windows:
-                outs.append(np.asarray(preds[i][1 : 1 + (b - a)]))
-                i += 1
-            pred_sets.append({s for s, _ in self.decode(e, outs)})
-            gold_sets.append(set(e.doc.spans))
-        if i != len(preds):
-            raise RuntimeError(f"{len(preds)} window predictions for {i} windows: evaluation order changed")
+        preds = np.asarray(eval_pred.predictions)
+        docs, plan, gold_sets = self._metric_plan(self._metric_split)
+        if plan.n_windows != len(preds):
+            raise RuntimeError(
+                f"{len(preds)} window predictions for {plan.n_windows} windows: evaluation order changed"
+            )
+        tok = preds[plan.rows, plan.cols]  # every document's stitched token outputs in one gather
+        bounds = zip(plan.doc_starts[:-1], plan.doc_starts[1:], strict=True)
+        pred_sets = [{s for s, _ in self.decode_tokens(e, tok[a:b])} for e, (a, b) in zip(docs, bounds, strict=True)]
         return self._metrics(pred_sets, gold_sets, [e.doc for e in docs])
 
     def _metrics(self, pred_sets, gold_sets, docs: list[Document]) -> dict[str, float]:
@@ -448,6 +507,7 @@ class TokenClassificationRecipe(Recipe):
         d = self.cfg.data
         name, docs = select(self._source_splits(), d.split, carved=self._carved, concat=concat_items, source=d.path)
         encoded = [encode_document(self.tokenizer, doc, d.window, d.stride) for doc in docs]
+        self._use_cpu_threads()
         predicted = list(self._predict_docs(encoded))
         metrics = self._metrics(
             [{s for s, _ in spans} for spans in predicted], [set(e.doc.spans) for e in encoded], docs
@@ -456,24 +516,73 @@ class TokenClassificationRecipe(Recipe):
         metrics |= cuad_metrics(predicted, [d.spans for d in docs], [d.text for d in docs], self.categories)
         return {"split": name, "num_documents": len(docs), **metrics}
 
-    def _predict_docs(self, encoded: list[EncodedDoc], batch_size: int = 16) -> Iterator[list[tuple[Span, float]]]:
+    def _predict_docs(self, encoded: Iterable[EncodedDoc], batch_size: int = 16) -> Iterator[list[tuple[Span, float]]]:
+        """Spans of each document, in order. The windows of several documents at a time (about
+        ``predict_chunk_batches`` batches) are batched longest first, so short last windows share batches
+        instead of each padding a batch of its own document."""
+        budget = batch_size * self.predict_chunk_batches
+        chunk: list[EncodedDoc] = []
+        windows = 0
         for e in encoded:
-            feats = [self._window_feature(e, a, b) for a, b in e.windows]
-            outs: list[np.ndarray] = []
-            for start in range(0, len(feats), batch_size):
-                batch = self.tokenizer.pad(feats[start : start + batch_size], return_tensors="pt")
-                with torch.no_grad():
-                    logits = self.model(**batch).logits
-                red = self.head.reduce(logits).numpy()
-                for j, f in enumerate(feats[start : start + batch_size]):
-                    outs.append(red[j][1 : len(f["input_ids"]) - 1])
-            yield self.decode(e, outs) if outs else []
+            chunk.append(e)
+            windows += len(e.windows)
+            if windows >= budget:
+                yield from self._predict_chunk(chunk, batch_size)
+                chunk, windows = [], 0
+        if chunk:
+            yield from self._predict_chunk(chunk, batch_size)
+
+    def _predict_chunk(self, chunk: list[EncodedDoc], batch_size: int) -> Iterator[list[tuple[Span, float]]]:
+        feats = [self._window_feature(e, a, b) for e in chunk for a, b in e.windows]
+        outs = self._window_outputs(feats, batch_size)
+        k = 0
+        for e in chunk:
+            yield self.decode(e, outs[k : k + len(e.windows)])
+            k += len(e.windows)
+
+    def _window_outputs(self, feats: list[dict[str, Any]], batch_size: int) -> list[np.ndarray]:
+        """The head's reduced outputs of every window (its tokens only, no [CLS]/[SEP]), in input order;
+        batches are formed longest first."""
+        device = next(self.model.parameters()).device
+        outs: list[np.ndarray] = [np.zeros(0)] * len(feats)
+        order = longest_first([len(f["input_ids"]) for f in feats])
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = self.tokenizer.pad([feats[i] for i in rows], return_tensors="pt").to(device)
+            with torch.inference_mode():
+                red = self.head.reduce(self.model(**batch).logits).float().cpu().numpy()
+            for j, i in enumerate(rows):
+                outs[i] = red[j][1 : len(feats[i]["input_ids"]) - 1]
+        return outs
+
+    def _use_cpu_threads(self) -> None:
+        if next(self.model.parameters()).device.type == "cpu":
+            from hf_tune.speed import apply_cpu_threads
+
+            apply_cpu_threads(self.cfg.speed.cpu_threads)
 
     def predict(self, model_dir: Path, source: str, batch_size: int = 16, model=None) -> Iterator[dict[str, Any]]:
+        """One row per document; documents/s and tokens/s go to stderr at the end (stdout stays JSON lines)."""
         self.model = (model or self.load_model(model_dir)).eval()
         self._restore_labels(model_dir)
+        self._use_cpu_threads()
         d = self.cfg.data
-        for doc in read_documents_for_prediction(source, d.text_field):
-            e = encode_document(self.tokenizer, doc, d.window, d.stride)
-            spans = next(self._predict_docs([e], batch_size))
-            yield prediction_row(doc, spans)
+        seen: list[EncodedDoc | None] = []
+        n_tok = 0
+
+        def encoded() -> Iterator[EncodedDoc]:
+            nonlocal n_tok
+            for doc in read_documents_for_prediction(source, d.text_field):
+                seen.append(encode_document(self.tokenizer, doc, d.window, d.stride))
+                n_tok += len(seen[-1].ids)
+                yield seen[-1]
+
+        start = time.perf_counter()
+        for i, spans in enumerate(self._predict_docs(encoded(), batch_size)):
+            yield prediction_row(seen[i].doc, spans)
+            seen[i] = None  # a folder of any size: keep only the documents still waiting for their rows
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        log(
+            f"predict: {len(seen)} documents, {n_tok} tokens in {elapsed:.1f} s "
+            f"({len(seen) / elapsed:.2f} documents/s, {n_tok / elapsed:.0f} tokens/s)"
+        )

@@ -1,0 +1,450 @@
+"""Weight fusion, distillation and anti-forgetting: the math on hand-made cases, then each command and technique
+end to end on tiny models (issue: soups, WiSE-FT, SWA, teacher-student, L2-SP/EWC)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from hf_tune.cli import main
+from hf_tune.fusion import average_states, greedy_soup, interpolate_states, recompute_batchnorm, state_differences
+from hf_tune.losses import anchor_penalty, distillation_loss, kd_sigmoid_loss, kd_softmax_loss
+
+# ---------------------------------------------------------------------------------------------- the math
+
+
+def test_uniform_average_is_the_mean_and_counts_are_not_averaged():
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(9)}
+    out = average_states([a, b])
+    assert torch.equal(out["w"], torch.tensor([2.0, 4.0])) and int(out["n"]) == 3
+    weighted = average_states([a, b], weights=[3, 1])
+    assert torch.allclose(weighted["w"], torch.tensor([1.5, 3.0]))
+
+
+def test_average_keeps_each_dtype_and_accumulates_in_float64():
+    a = {"w": torch.tensor([1.0], dtype=torch.float16)}
+    b = {"w": torch.tensor([1.0 + 2**-10], dtype=torch.float16)}
+    out = average_states([a, a, a, b])
+    assert out["w"].dtype == torch.float16
+
+
+def test_interpolation_endpoints_and_midpoint_and_kept_keys():
+    start = {"body": torch.zeros(3), "head": torch.zeros(2)}
+    end = {"body": torch.ones(3), "head": torch.full((2,), 5.0)}
+    assert torch.equal(interpolate_states(start, end, 0.0)["body"], start["body"])
+    assert torch.equal(interpolate_states(start, end, 1.0)["body"], end["body"])
+    mid = interpolate_states(start, end, 0.25, keys=["body"])
+    assert torch.allclose(mid["body"], torch.full((3,), 0.25)) and torch.equal(mid["head"], end["head"])
+
+
+def test_greedy_soup_rejects_an_ingredient_that_lowers_the_held_out_score():
+    own = {"a": 0.90, "b": 0.88, "c": 0.85}
+    soup_scores = {("a", "b"): 0.92, ("a", "b", "c"): 0.91}  # c hurts the soup although it is a fine model alone
+    result = greedy_soup(list(own), own, lambda names: soup_scores[tuple(names)])
+    assert result.chosen == ["a", "b"] and result.score == 0.92
+    assert [s.added for s in result.steps] == [True, True, False]
+
+
+def test_greedy_soup_minimises_when_lower_is_better():
+    own = {"a": 0.5, "b": 0.4}
+    result = greedy_soup(list(own), own, lambda names: 0.45, higher_is_better=False)
+    assert result.chosen == ["b"]  # the best alone starts the soup; adding a raised the loss
+
+
+def test_state_differences_name_missing_keys_and_shapes():
+    ref = {"x": torch.zeros(2), "fc.weight": torch.zeros(2, 4)}
+    other = {"fc.weight": torch.zeros(3, 4), "y": torch.zeros(1)}
+    diff = " ".join(state_differences(ref, other))
+    assert "missing: x" in diff and "unexpected: y" in diff and "fc.weight (3, 4) vs (2, 4)" in diff
+
+
+def test_batchnorm_statistics_are_recomputed_from_the_inputs():
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(2))
+    model[0].running_mean.fill_(100.0)  # what an average of two models' statistics would leave
+    xs = [torch.tensor([[1.0, 10.0], [3.0, 30.0]]), torch.tensor([[5.0, 50.0], [7.0, 70.0]])]
+    assert recompute_batchnorm(model, xs) == 2
+    assert torch.allclose(model[0].running_mean, torch.tensor([4.0, 40.0]))  # the inputs' mean, not 100
+    assert not model.training
+
+
+def test_kd_loss_equals_its_closed_form_and_reduces_to_the_task_loss():
+    student = torch.tensor([[2.0, 0.0, -1.0]])
+    teacher = torch.tensor([[0.5, 1.5, 0.0]])
+    t = 2.0
+    p = torch.softmax(teacher / t, -1)
+    q = torch.softmax(student / t, -1)
+    closed = t * t * float((p * (p.log() - q.log())).sum())
+    assert float(kd_softmax_loss(student, teacher, t)) == pytest.approx(closed, rel=1e-6)
+    assert float(kd_softmax_loss(teacher, teacher, t)) == pytest.approx(0.0, abs=1e-7)
+    ce = F.cross_entropy(student, torch.tensor([0]))
+    assert float(distillation_loss(ce, kd_softmax_loss(student, teacher, t), 1.0)) == pytest.approx(float(ce))
+    # token level: masked positions do not count
+    s2, t2 = torch.stack([student[0], student[0]])[None], torch.stack([teacher[0], student[0]])[None]
+    assert float(kd_softmax_loss(s2, t2, t, torch.tensor([[True, False]]))) == pytest.approx(closed, rel=1e-6)
+
+
+def test_sigmoid_kd_is_zero_when_the_outputs_agree_and_positive_otherwise():
+    x = torch.tensor([[1.0, -2.0]])
+    assert float(kd_sigmoid_loss(x, x, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(kd_sigmoid_loss(x, -x, 2.0)) > 0
+
+
+def test_l2sp_is_zero_at_the_anchor_and_its_gradient_points_back():
+    anchor = torch.tensor([1.0, -2.0, 0.5])
+    w = torch.nn.Parameter(anchor.clone())
+    assert float(anchor_penalty([w], [anchor], 0.1).detach()) == 0.0
+    with torch.no_grad():
+        w.add_(torch.tensor([0.5, 0.0, -1.0]))
+    anchor_penalty([w], [anchor], 0.1).backward()
+    assert torch.allclose(w.grad, 0.1 * (w.detach() - anchor))  # a descent step moves w toward the anchor
+    before = float((w - anchor).detach().norm())
+    with torch.no_grad():
+        w -= 1.0 * w.grad
+    assert float((w - anchor).norm()) < before
+
+
+def test_ewc_with_a_unit_fisher_equals_l2sp_and_weights_each_coordinate():
+    anchor, w = torch.zeros(3), torch.tensor([1.0, 2.0, 3.0])
+    l2sp = anchor_penalty([w], [anchor], 0.5)
+    assert float(anchor_penalty([w], [anchor], 0.5, [torch.ones(3)])) == pytest.approx(float(l2sp))
+    fisher = torch.tensor([1.0, 0.0, 2.0])
+    assert float(anchor_penalty([w], [anchor], 0.5, [fisher])) == pytest.approx(0.25 * (1 + 0 + 18))
+
+
+def test_swa_callback_averages_exactly_the_snapshots_it_took():
+    from types import SimpleNamespace
+
+    from hf_tune.callbacks import SwaCallback
+
+    model = torch.nn.Linear(2, 1)
+    cb = SwaCallback(start=3, interval=2, bn_batches=None)
+    state = SimpleNamespace(max_steps=8, global_step=0, is_world_process_zero=True)
+    cb.on_train_begin(None, state, None, model=model)
+    snapshots = []
+    for step in range(1, 9):
+        with torch.no_grad():
+            model.weight.add_(float(step))  # "training"
+        state.global_step = step
+        cb.on_step_end(None, state, None, model=model)
+        if step >= 3 and (step - 3) % 2 == 0:
+            snapshots.append(model.weight.detach().clone())
+    assert int(cb.swa.n_averaged) == len(snapshots) == 3
+    cb.on_train_end(None, state, None, model=model)
+    assert torch.allclose(model.weight, torch.stack(snapshots).mean(0))
+
+
+def test_pick_layers_spread_and_first():
+    from hf_tune.modeling import pick_layers
+
+    assert pick_layers(6, 3, "spread") == [0, 2, 4]
+    assert pick_layers(12, 4, "spread") == [0, 3, 6, 9]
+    assert pick_layers(6, 2, "first") == [0, 1]
+
+
+def test_images_are_renormalised_to_the_teachers_preprocessing():
+    from hf_tune.distill import renormalize_images
+
+    raw = torch.tensor([0.3, 0.7])[:, None, None, None].expand(2, 1, 8, 8)  # flat images: resizing is exact
+    student = {"mean": (0.5,), "std": (0.5,), "input_size": (1, 8, 8)}
+    teacher = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "input_size": (3, 16, 16)}
+    out = renormalize_images((raw - 0.5) / 0.5, student, teacher)
+    assert out.shape == (2, 3, 16, 16)
+    mean, std = torch.tensor(teacher["mean"])[None, :, None, None], torch.tensor(teacher["std"])[None, :, None, None]
+    assert torch.allclose(out * std + mean, raw.expand(2, 3, 8, 8)[..., :1, :1].expand(2, 3, 16, 16), atol=1e-5)
+    same = renormalize_images((raw - 0.5) / 0.5, student, student)
+    assert torch.allclose(same, (raw - 0.5) / 0.5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def _image(tiny_image_args: list[str], out: Path, *extra: str) -> list[str]:
+    keep = [a for a in tiny_image_args if not a.startswith(("training.output_dir", "training.max_steps"))]
+    return ["train", *keep, f"training.output_dir={out}", "training.max_steps=6", *extra]
+
+
+@pytest.fixture(scope="module")
+def soup_data(tmp_path_factory):
+    """A base run and three fine-tunes of it (other seeds and learning rates): soup ingredients of one init,
+    made once for the module's soup tests."""
+    import numpy as np
+
+    from .conftest import make_images
+
+    tmp = tmp_path_factory.mktemp("soup")
+    (xtr, ytr), (xva, yva) = make_images(48, seed=0), make_images(16, seed=1)
+    npz = tmp / "tiny.npz"
+    np.savez(npz, train_images=xtr, train_labels=ytr, val_images=xva, val_labels=yva)
+    args = [
+        "recipe=quickstart",
+        f"data.path={npz}",
+        "model.name=test_resnet",
+        "model.image_size=32",
+        "training.save_strategy=no",
+        "training.eval_strategy=no",
+        "training.logging_steps=2",
+        "training.per_device_train_batch_size=8",
+        "training.disable_tqdm=true",
+    ]
+    base = tmp / "base"
+    assert main(_image(args, base)) == 0
+    runs = []
+    for i, lr in enumerate(("2e-3", "1e-3", "5e-4")):
+        run = tmp / f"ft{i}"
+        assert main(_image(args, run, f"model.name={base}", f"training.seed={i}", f"training.learning_rate={lr}")) == 0
+        runs.append(run)
+    return runs, npz, args
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["uniform", "greedy"])
+def test_soup_writes_a_model_folder_that_loads_everywhere(method, soup_data, tmp_path, capsys):
+    fine_tunes, tiny_npz, _ = soup_data
+    out = tmp_path / f"soup_{method}"
+    assert main(["soup", *map(str, fine_tunes), f"method={method}", f"data.path={tiny_npz}", f"output={out}"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    record = json.loads((out / "fusion.json").read_text())
+    assert record["method"] == f"{method}_soup" and len(record["ingredients"]) == 3 and record["batchnorm_recomputed"]
+    if method == "uniform":
+        assert line["ingredients"] == 3 and all(i["in_soup"] for i in record["ingredients"])
+        states = [load_file(str(r / "model" / "model.safetensors")) for r in fine_tunes]
+        soup = load_file(str(out / "model.safetensors"))
+        key = next(k for k in soup if k.endswith("conv1.weight"))
+        assert torch.allclose(soup[key], sum(s[key] for s in states) / 3, atol=1e-6)
+        bn = next(k for k in soup if k.endswith("running_mean"))
+        assert not torch.allclose(soup[bn], sum(s[bn] for s in states) / 3)  # recomputed, not averaged
+    else:
+        scores = [i["score"] for i in record["ingredients"]]
+        assert record["score"] >= max(scores)  # greedy never ends below its best ingredient
+    card = (out / "README.md").read_text()
+    assert "Weight fusion" in card and str(fine_tunes[0]) in card
+    assert (out / "plots" / "soup_ingredients.png").is_file()
+    assert main(["evaluate", str(out), f"data.path={tiny_npz}", "data.split=val"]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip())
+    assert evaluated["accuracy"] == pytest.approx(record["score"])
+    assert main(["predict", str(out), str(tiny_npz)]) == 0
+    assert capsys.readouterr().out.strip()
+
+    from transformers import pipeline
+
+    assert pipeline("image-classification", model=str(out)).model.config.num_labels == 2
+
+
+@pytest.mark.slow
+def test_soup_of_incompatible_models_names_what_differs(soup_data, tmp_path, capsys):
+    fine_tunes, tiny_npz, args = soup_data
+    other = tmp_path / "other_labels"
+    assert main(_image(args, other, "data.labels=[cat,dog]", "training.max_steps=2")) == 0
+    capsys.readouterr()
+    code = main(["soup", str(fine_tunes[0]), str(other), f"data.path={tiny_npz}", f"output={tmp_path / 's'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "labels ['cat', 'dog'] differ" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+    assert main(["soup", str(fine_tunes[0]), f"output={tmp_path / 's'}"]) == 2
+    assert "at least two" in capsys.readouterr().err
+    assert main(["soup", *map(str, fine_tunes), "method=best", f"output={tmp_path / 's'}"]) == 2
+    assert "unknown soup method" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_average_of_a_runs_last_checkpoints(tiny_image_args, tiny_npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_image(tiny_image_args, run, "training.save_total_limit=3")) == 0
+    out = tmp_path / "avg"
+    assert main(["average", str(run), "last=2", f"data.path={tiny_npz}", f"output={out}"]) == 0
+    record = json.loads((out / "fusion.json").read_text())
+    assert [Path(i["name"]).name for i in record["ingredients"]] == ["checkpoint-4", "checkpoint-6"]
+    assert main(["average", str(run), "last=5", f"output={tmp_path / 'x'}"]) == 2
+    assert "complete checkpoints" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_interpolation_sweep_keeps_the_head_and_spans_the_endpoints(tiny_bert, tmp_path, capsys):
+    rows = [
+        {"text": f"clause number {i} about {'payment' if i % 2 else 'termination'}", "label": i % 2} for i in range(40)
+    ]
+    data = tmp_path / "texts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "recipe=clause_type_minilm",
+        f"data.path={data}",
+        "data.format=jsonl",
+        f"model.name={tiny_bert}",
+        "training.max_steps=8",
+        "training.eval_strategy=no",
+        "training.save_strategy=no",
+        "training.learning_rate=1e-3",
+        "techniques.loss.class_weights=null",
+        f"training.output_dir={run}",
+    ]
+    assert main(args) == 0
+    out = tmp_path / "wise"
+    assert main(["interpolate", str(run), "alpha=sweep", f"output={out}"]) == 0
+    record = json.loads((out / "fusion.json").read_text())
+    assert [s["alpha"] for s in record["sweep"]] == [round(0.1 * i, 2) for i in range(11)]
+    assert record["kept_fine_tuned"] and all(k.startswith("classifier") for k in record["kept_fine_tuned"])
+    assert record["sweep"][-1]["metrics"]["f1_macro"] == pytest.approx(
+        json.loads((run / "model" / "metrics.json").read_text())["eval_f1_macro"]
+    )  # alpha=1 is the fine-tuned model
+    zero = tmp_path / "zero"
+    assert main(["interpolate", str(run), "alpha=0", f"output={zero}"]) == 0
+    w0, tuned = load_file(str(zero / "model.safetensors")), load_file(str(run / "model" / "model.safetensors"))
+    start = load_file(str(tiny_bert / "model.safetensors"))
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(w0[key], start[key.removeprefix("bert.")]) and not torch.equal(w0[key], tuned[key])
+    assert torch.equal(w0["classifier.weight"], tuned["classifier.weight"])
+    assert main(["interpolate", str(run), "alpha=1.5", f"output={tmp_path / 'bad'}"]) == 2
+    assert "alpha=1.5" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_swa_run_averages_from_its_start_and_resumes_to_the_same_weights(tiny_image_args, tmp_path, capsys):
+    import shutil
+
+    args = [
+        "techniques.swa.enabled=true",
+        "techniques.swa.start=3",
+        "techniques.swa.interval=1",
+        "training.save_total_limit=3",
+    ]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(_image(tiny_image_args, straight, *args)) == 0
+    assert "SWA: the final weights average 4 snapshots from step 3" in capsys.readouterr().err
+    assert main(_image(tiny_image_args, killed, *args)) == 0
+    shutil.rmtree(killed / "model")
+    (killed / "metrics.json").unlink()
+    shutil.rmtree(killed / "checkpoint-6")
+    assert (killed / "checkpoint-4" / "swa.safetensors").is_file()
+    assert main(_image(tiny_image_args, killed, *args, "resume=true")) == 0
+    a = load_file(str(straight / "model" / "model.safetensors"))
+    b = load_file(str(killed / "model" / "model.safetensors"))
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) == 0.0
+
+
+@pytest.mark.slow
+def test_swa_learning_rate_takes_over_at_the_start(tiny_image_args, tmp_path):
+    run = tmp_path / "run"
+    extra = [
+        "techniques.swa.enabled=true",
+        "techniques.swa.start=3",
+        "techniques.swa.lr=1e-4",
+        "techniques.swa.anneal_steps=1",
+    ]
+    assert main(_image(tiny_image_args, run, *extra)) == 0
+    lrs = [
+        h["learning_rate"] for h in json.loads((run / "model" / "log_history.json").read_text()) if "learning_rate" in h
+    ]
+    assert lrs[-1] == pytest.approx(1e-4)
+
+
+@pytest.mark.slow
+def test_image_distillation_from_a_teacher_with_other_preprocessing(tiny_image_args, tiny_npz, tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    assert main(_image(tiny_image_args, teacher, "model.image_size=48")) == 0
+    student = tmp_path / "student"
+    extra = [
+        f"techniques.distill.teacher={teacher}",
+        "techniques.distill.alpha=0.3",
+        "techniques.distill.temperature=3",
+    ]
+    assert main(_image(tiny_image_args, student, *extra)) == 0
+    assert f"distillation from {teacher}" in capsys.readouterr().err
+    assert (student / "model" / "model.safetensors").is_file()
+    assert not any("teacher" in k for k in load_file(str(student / "model" / "model.safetensors")))
+    other = tmp_path / "three"
+    assert main(_image(tiny_image_args, other, "data.labels=[a,b,c]")) == 0
+    capsys.readouterr()
+    assert main(_image(tiny_image_args, tmp_path / "bad", f"techniques.distill.teacher={other}")) == 2
+    assert "differ from the student's" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_shallower_text_student_distils_from_its_teacher(tiny_bert, tmp_path, capsys):
+    rows = [{"text": f"clause {i} on {'payment' if i % 2 else 'termination'} terms", "label": i % 2} for i in range(40)]
+    data = tmp_path / "texts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = [
+        "train",
+        "recipe=clause_type_minilm",
+        f"data.path={data}",
+        "data.format=jsonl",
+        "training.max_steps=4",
+        "training.eval_strategy=no",
+        "training.save_strategy=no",
+        "techniques.loss.class_weights=null",
+    ]
+    teacher = tmp_path / "teacher"
+    assert main([*common, f"model.name={tiny_bert}", f"training.output_dir={teacher}"]) == 0
+    student = tmp_path / "student"
+    extra = [f"techniques.distill.teacher={teacher}", "techniques.distill.hidden_weight=1.0", "model.num_layers=1"]
+    assert main([*common, f"model.name={teacher}", f"training.output_dir={student}", *extra]) == 0
+    cfg = json.loads((student / "model" / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 1
+    assert main(["evaluate", str(student), f"data.path={data}"]) == 0
+
+
+@pytest.mark.slow
+def test_ewc_estimates_and_saves_the_earlier_tasks_fisher_and_pulls_toward_it(tiny_bert, tmp_path, capsys):
+    first = tmp_path / "a.jsonl"
+    first.write_text(
+        "".join(json.dumps({"text": f"pay the fee {i}", "label": "pay" if i % 2 else "end"}) + "\n" for i in range(32))
+    )
+    second = tmp_path / "b.jsonl"
+    second.write_text(
+        "".join(json.dumps({"text": f"notice {i} to party", "label": f"t{i % 3}"}) + "\n" for i in range(32))
+    )
+    common = [
+        "train",
+        "recipe=clause_type_minilm",
+        "data.format=jsonl",
+        "training.max_steps=4",
+        "training.eval_strategy=no",
+        "training.save_strategy=no",
+        "techniques.loss.class_weights=null",
+        "training.logging_steps=1",
+    ]
+    a = tmp_path / "A"
+    assert main([*common, f"data.path={first}", f"model.name={tiny_bert}", f"training.output_dir={a}"]) == 0
+    ewc = ["techniques.anchor.method=ewc", "techniques.anchor.strength=100", "techniques.anchor.fisher_samples=8"]
+    b = tmp_path / "B"
+    assert main([*common, f"data.path={second}", f"model.name={a}", f"training.output_dir={b}", *ewc]) == 0
+    fisher = load_file(str(a / "model" / "fisher.safetensors"))
+    assert fisher and all(float(v.min()) >= 0 for v in fisher.values())
+    logged = [h for h in json.loads((b / "model" / "log_history.json").read_text()) if "anchor_penalty" in h]
+    assert logged and logged[0]["anchor_penalty"] >= 0
+    l2sp = tmp_path / "C"
+    assert (
+        main(
+            [
+                *common,
+                f"data.path={second}",
+                f"model.name={tiny_bert}",
+                f"training.output_dir={l2sp}",
+                "techniques.anchor.method=l2sp",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                *common,
+                f"data.path={second}",
+                f"model.name={tiny_bert}",
+                f"training.output_dir={tmp_path / 'D'}",
+                "techniques.anchor.method=ewc",
+            ]
+        )
+        == 2
+    )
+    assert "not an hf_tune run" in capsys.readouterr().err
+    assert math.isfinite(logged[-1]["loss"])

@@ -134,6 +134,10 @@ def _continue_timm(name: str, num_labels: int, id2label: dict[int, str], label2i
     model = TimmWrapperForImageClassification.from_pretrained(
         path, num_labels=num_labels, id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
     )
+    # TimmWrapperConfig keeps the loaded label_names attribute and writes it back on save (to_dict's setdefault)
+    # whatever id2label says: set both, so the saved model names the new classes
+    model.config.id2label, model.config.label2id = dict(id2label), dict(label2id)
+    model.config.label_names = [id2label[i] for i in sorted(id2label)]
     if saved != [id2label[i] for i in sorted(id2label)]:
         model.timm_model.reset_classifier(num_labels)
         log(f"model.name={name}: labels differ from the saved model's, so its head starts fresh")

@@ -201,6 +201,9 @@ def test_continuing_an_image_run(tmp_path: Path):
     assert torch.equal(kept.timm_model.fc.weight, first.timm_model.fc.weight)
     assert not torch.equal(swapped.timm_model.fc.weight, first.timm_model.fc.weight)
     assert grown.timm_model.fc.weight.shape[0] == 3
+    grown.save_pretrained(tmp_path / "grown")  # the saved config names the new classes, not the earlier run's
+    saved = json.loads((tmp_path / "grown" / "config.json").read_text())
+    assert saved["label_names"] == ["a", "b", "c"] and saved["num_classes"] == 3
 
 
 def test_a_text_recipe_refuses_an_image_run(tmp_path: Path):

@@ -64,8 +64,8 @@ def ceiling(test: Path, model_dir: Path) -> dict:
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     c = model.config
     docs = load_documents(str(test), "jsonl")["train"]
-    names = bio_labels(c.token_categories)
-    index = {n: i for i, n in enumerate(names)}
+    # the token representation's sequences: one over all token categories, or one per category (overlaps kept)
+    groups = [[cat] for cat in c.token_categories] if getattr(c, "per_category", False) else [c.token_categories]
     pred = []
     for d in docs:
         units = SEGMENTERS.get(c.segmenter)(d.text)
@@ -74,9 +74,13 @@ def ceiling(test: Path, model_dir: Path) -> dict:
         enc = tok(d.text[: 12 * c.token_tokens], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         offsets = [tuple(o) for o in enc["offset_mapping"][: c.token_tokens]]
         first = [bool(x) for x in _first(enc.word_ids()[: c.token_tokens])]
-        gold_tags = bio_token_labels(offsets, [s for s in d.spans if s.category in c.token_categories], index)
-        tags = inherit_first_subword([names[t] for t in gold_tags], first)
-        spans += decode_bio(tags, offsets, np.ones(len(tags)))
+        for cats in groups:
+            names = bio_labels(cats)
+            gold_tags = bio_token_labels(
+                offsets, [s for s in d.spans if s.category in cats], {n: i for i, n in enumerate(names)}
+            )
+            tags = inherit_first_subword([names[t] for t in gold_tags], first)
+            spans += decode_bio(tags, offsets, np.ones(len(tags)))
         pred.append({s for s, _ in spans})
     m = span_metrics(pred, [set(d.spans) for d in docs], c.unit_categories + c.token_categories)
     return {"row": "ceiling", "exact_f1": m["span_f1_micro"], "overlap_f1": m["overlap_f1"]}
@@ -116,6 +120,8 @@ ROWS = {
     "no_crf": ["model.token_crf=false"],  # names and dates: per-token argmax instead of the CRF path
     "no_context": ["model.context_layers=0"],  # each unit decided alone, no document-level GRU
     "no_pos_weight": ["model.unit_pos_weight=1", "model.token_pos_weight=1"],  # no up-weighting of rare positives
+    "one_bio_sequence": ["model.token_scheme=bio"],  # one BIO sequence over all token categories (overlaps lost)
+    "no_casing": ["model.token_casing=false"],  # the uncased encoder's states only
     "today_2026_11_25": [  # the recipe before these levers: sentence units, no CRF, no decoding tuning
         "model.segmenter=sentences",
         "model.token_crf=false",

@@ -7,7 +7,10 @@
   B and an I sigmoid per category (the multilabel_tagging head at unit level), so overlapping clauses of
   different categories are kept.
 - The *token head* tags short categories (party names, dates, document names) with BIO tags on the encoder's
-  token states of the document's opening tokens, where almost all of them are (a one-layer GRU over them).
+  token states of the document's opening tokens, where almost all of them are (a one-layer GRU over them). With
+  ``token_scheme="per_category"`` every category has its own O/B/I sequence (and CRF), so a date that is both
+  the Agreement Date and the Effective Date (more than half of CUAD's Effective Dates) is tagged as both; with
+  ``token_casing`` the token states gain casing features the uncased encoder cannot see (names are capitalised).
 
 Training runs on cached encoder outputs (the encoder is frozen), so a CPU can afford many head epochs over every
 training contract; ``extract`` runs the encoder on raw text for evaluation and prediction. Like MultiHeadModel
@@ -50,6 +53,9 @@ class ClauseExtractorConfig(PretrainedConfig):
         min_chars: per unit category, spans shorter than this are dropped (from the training spans' lengths).
         begin_margin: a B probability must clear the threshold by this much to split a run of units (tuned on val).
         token_crf: decode the token head with a linear-chain CRF (valid BIO paths) instead of per-token argmax.
+        token_scheme: ``bio`` (one tag sequence over all token categories; overlapping spans keep the first) or
+            ``per_category`` (an O/B/I sequence per category, overlaps kept).
+        token_casing: append :func:`casing_features` to the token states (for uncased encoders).
         unit_pos_weight, token_pos_weight: weight of positive targets in the two losses (clauses are rare).
     """
 
@@ -73,6 +79,8 @@ class ClauseExtractorConfig(PretrainedConfig):
         min_chars: dict[str, int] | None = None,
         begin_margin: float = 0.0,
         token_crf: bool = False,
+        token_scheme: str = "bio",
+        token_casing: bool = False,
         **kwargs: Any,
     ) -> None:
         self.encoder = encoder or {}
@@ -93,11 +101,46 @@ class ClauseExtractorConfig(PretrainedConfig):
         self.begin_margin = begin_margin
         self.min_chars = dict(min_chars or {})
         self.token_crf = token_crf
+        self.token_scheme = token_scheme
+        self.token_casing = token_casing
         super().__init__(**kwargs)
 
     @property
     def token_labels(self) -> list[str]:
+        """The tags of one token sequence (``bio``: O and B-/I- of every token category)."""
         return bio_labels(self.token_categories)
+
+    @property
+    def per_category(self) -> bool:
+        return self.token_scheme == "per_category"
+
+    def category_labels(self, category: str) -> list[str]:
+        """The O/B/I tags of one category's own sequence (``per_category``)."""
+        return bio_labels([category])
+
+    @property
+    def token_outputs_width(self) -> int:
+        """Logits per token: one per BIO tag, or three (O, B, I) per category."""
+        return 3 * len(self.token_categories) if self.per_category else len(self.token_labels)
+
+
+CASING_FEATURES = 4
+
+
+def casing_features(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
+    """(T, 4) per token: starts with an upper-case letter, is all upper case (two letters or more), holds a
+    digit, follows an opening quote or parenthesis. An uncased encoder (MiniLM, bert-base-uncased) lowercases
+    its input, so "ACME Corp." and "the company" look alike to it; party names and defined terms do not."""
+    out = np.zeros((len(offsets), CASING_FEATURES), dtype=np.float32)
+    for i, (a, b) in enumerate(offsets):
+        piece = text[a:b]
+        letters = [ch for ch in piece if ch.isalpha()]
+        out[i, 0] = bool(letters) and letters[0].isupper()
+        out[i, 1] = len(letters) >= 2 and all(ch.isupper() for ch in letters)
+        out[i, 2] = any(ch.isdigit() for ch in piece)
+        before = text[max(0, a - 2) : a]
+        out[i, 3] = any(ch in "\"(“'" for ch in before)
+    return out
 
 
 @dataclass
@@ -151,8 +194,15 @@ class ClauseExtractorModel(PreTrainedModel):
             width + 1, config.hidden, config.context_layers, config.dropout, 2 * max(1, len(config.unit_categories))
         )
         # one GRU layer over the token states keeps a name's tags together (an MLP per token fragments them)
-        self.token_head = ContextHead(width, config.hidden, 1, config.dropout, len(config.token_labels))
-        self.crf = CRF(config.token_labels) if config.token_crf and config.token_categories else None
+        tok_in = width + (CASING_FEATURES if config.token_casing else 0)
+        self.token_head = ContextHead(tok_in, config.hidden, 1, config.dropout, config.token_outputs_width)
+        crf = config.token_crf and bool(config.token_categories)
+        self.crf = CRF(config.token_labels) if crf and not config.per_category else None
+        self.category_crfs = (
+            nn.ModuleList([CRF(config.category_labels(c)) for c in config.token_categories])
+            if crf and config.per_category
+            else None
+        )
         self.post_init()
 
     @classmethod
@@ -195,7 +245,9 @@ class ClauseExtractorModel(PreTrainedModel):
                 losses.append((per * mask).sum() / mask.sum().clamp_min(1.0))
         if token_features is not None and token_features.shape[0]:
             token_logits = self.token_head(token_features)
-            if token_labels is not None and (token_labels != IGNORE).any() and self.crf is not None:
+            if token_labels is not None and self.config.per_category and (token_labels != IGNORE).any():
+                losses.append(self._per_category_loss(token_logits, token_labels))
+            elif token_labels is not None and (token_labels != IGNORE).any() and self.crf is not None:
                 keep = token_labels != IGNORE  # labelled first subwords: the CRF runs over words
                 emissions, mask = compact(token_logits, keep)
                 losses.append(self.crf.nll(emissions, compact(token_labels, keep)[0], mask))
@@ -213,6 +265,32 @@ class ClauseExtractorModel(PreTrainedModel):
                 )
         loss = torch.stack(losses).sum() if losses else None
         return ClauseOutput(loss=loss, unit_logits=unit_logits, token_logits=token_logits)
+
+    def _per_category_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean over the token categories of each one's loss on its own O/B/I sequence: (B, T, 3C) logits,
+        (B, T, C) tag ids (-100 where a token is not labelled). The mean keeps the loss on the scale of one tag
+        sequence, so the token head does not outweigh the unit head in the clipped gradient."""
+        b, t, _ = logits.shape
+        per = logits.view(b, t, -1, 3)
+        keep = labels[..., 0] != IGNORE
+        parts = []
+        for c in range(per.shape[2]):
+            if self.category_crfs is not None:
+                emissions, mask = compact(per[:, :, c], keep)
+                parts.append(self.category_crfs[c].nll(emissions, compact(labels[..., c], keep)[0], mask))
+            else:
+                weight = torch.tensor(
+                    [1.0, self.config.token_pos_weight, self.config.token_pos_weight], device=per.device
+                )
+                parts.append(
+                    nn.functional.cross_entropy(
+                        per[:, :, c].reshape(-1, 3).float(),
+                        labels[..., c].reshape(-1),
+                        weight=weight,
+                        ignore_index=IGNORE,
+                    )
+                )
+        return torch.stack(parts).mean()
 
     # ---------------------------------------------------------------- encoder features
     @torch.no_grad()
@@ -264,19 +342,36 @@ class ClauseExtractorModel(PreTrainedModel):
         x = torch.as_tensor(feats, dtype=torch.float32, device=self.device)[None]
         return torch.sigmoid(self.unit_head(x))[0].float().cpu().numpy()
 
+    def token_inputs(self, text: str, offsets: list[tuple[int, int]], states: np.ndarray) -> np.ndarray:
+        """What the token head reads: the encoder's token states, with casing features when configured."""
+        if not self.config.token_casing:
+            return states
+        return np.concatenate([states, casing_features(text, offsets[: len(states)])], axis=1)
+
     @torch.no_grad()
-    def token_outputs(self, states: np.ndarray, first: list[bool]) -> np.ndarray:
-        """(T, 2): BIO tag id and its probability per token (with the CRF: the best valid path over the
-        document's first subwords, each with its softmax probability; continuation subwords inherit later)."""
+    def token_outputs(self, inputs: np.ndarray, first: list[bool]) -> np.ndarray:
+        """Per token the tag id and its probability: (T, 2) for one BIO sequence, (T, C, 2) per category (O/B/I
+        ids). With a CRF, the best valid path over the document's first subwords, each tag with its softmax
+        probability; continuation subwords inherit their word's later."""
         self.eval()
-        if not len(states) or not self.config.token_categories:
-            return np.zeros((len(states), 2), np.float32)
-        logits = self.token_head(torch.as_tensor(states, dtype=torch.float32, device=self.device)[None])[0]
+        c = len(self.config.token_categories)
+        shape = (len(inputs), c, 2) if self.config.per_category else (len(inputs), 2)
+        if not len(inputs) or not c:
+            return np.zeros(shape, np.float32)
+        logits = self.token_head(torch.as_tensor(inputs, dtype=torch.float32, device=self.device)[None])[0]
+        if not self.config.per_category:
+            return self._best_tags(logits, first, self.crf)
+        per = logits.view(len(inputs), c, 3)
+        crfs = self.category_crfs or [None] * c
+        return np.stack([self._best_tags(per[:, k], first, crfs[k]) for k in range(c)], axis=1)
+
+    @staticmethod
+    def _best_tags(logits: torch.Tensor, first: list[bool], crf: CRF | None) -> np.ndarray:
         probs = logits.float().softmax(-1)
         score, idx = probs.max(-1)
-        if self.crf is not None and any(first):
+        if crf is not None and any(first):
             words = torch.as_tensor(first, dtype=torch.bool, device=logits.device)
-            path = torch.as_tensor(self.crf.decode(logits[words][None], words[words][None])[0], dtype=torch.long)
+            path = torch.as_tensor(crf.decode(logits[words][None], words[words][None])[0], dtype=torch.long)
             idx = torch.zeros_like(idx)
             idx[words] = path.to(idx.device)
             score = probs.gather(-1, idx[:, None])[:, 0]
@@ -310,16 +405,23 @@ class ClauseExtractorModel(PreTrainedModel):
             cols = [j for i in on for j in (2 * i, 2 * i + 1)]
             spans = decode_units(unit_probs[:, cols], units, cats, t, c.merge_gap, shortest, c.begin_margin)
         if self.config.token_categories and len(offsets):
-            names = self.config.token_labels
-            tags = inherit_first_subword([names[int(i)] for i in token_out[:, 0]], first)
-            spans += decode_bio(tags, offsets, token_out[:, 1])
+            offsets = offsets[: len(token_out)]
+            sequences = (
+                [(c.category_labels(cat), token_out[:, k]) for k, cat in enumerate(c.token_categories)]
+                if c.per_category
+                else [(c.token_labels, token_out)]
+            )
+            for names, out in sequences:
+                tags = inherit_first_subword([names[int(i)] for i in out[:, 0]], first)
+                spans += decode_bio(tags, offsets, out[:, 1])
         return sorted(spans, key=lambda x: (x[0].start, x[0].end, x[0].category))
 
     def extract(self, tokenizer, text: str, threshold: float | None = None) -> list[tuple[Span, float]]:
         """Clauses of one raw document, as (span, confidence)."""
         units, feats = self.unit_features(tokenizer, text)
         offsets, first, states = self.token_features(tokenizer, text)
-        return self.decode(units, self.unit_probs(feats), offsets, first, self.token_outputs(states, first), threshold)
+        token_out = self.token_outputs(self.token_inputs(text, offsets, states), first)
+        return self.decode(units, self.unit_probs(feats), offsets, first, token_out, threshold)
 
 
 AutoConfig.register(ClauseExtractorConfig.model_type, ClauseExtractorConfig)

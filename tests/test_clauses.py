@@ -150,3 +150,70 @@ def test_micro_threshold_choice_drops_a_category_that_costs_micro_f1():
     assert chosen == {"A": 0.5, "B": None}
     # a category without enough evidence keeps the shared threshold
     assert choose_thresholds(counts, (0, 0, 0), 20, 0.5, eligible={"A"}) == {"A": 0.5, "B": 0.5}
+
+
+def test_casing_features_see_what_an_uncased_encoder_cannot():
+    from hf_tune.clause_model import casing_features
+
+    text = 'ACME Corp. ("Company") and the buyer, on 5 May'
+    offsets = [(0, 4), (5, 10), (13, 20), (23, 26), (27, 30), (31, 36), (41, 42), (43, 46)]
+    f = casing_features(text, offsets)
+    assert f[:, 0].tolist() == [1, 1, 1, 0, 0, 0, 0, 1]  # capitalised
+    assert f[:, 1].tolist() == [1, 0, 0, 0, 0, 0, 0, 0]  # all caps
+    assert f[:, 2].tolist() == [0, 0, 0, 0, 0, 0, 1, 0]  # digits
+    assert f[2, 3] == 1 and f[3, 3] == 0  # "Company" follows an opening quote
+
+
+def _tiny_clause_model(scheme: str, crf: bool = True):
+    from transformers import BertConfig
+
+    from hf_tune.clause_model import ClauseExtractorConfig, ClauseExtractorModel
+
+    enc = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    cfg = ClauseExtractorConfig(
+        encoder=enc.to_dict(),
+        unit_categories=["Law"],
+        token_categories=["Agreement Date", "Effective Date"],
+        hidden=8,
+        token_crf=crf,
+        token_scheme=scheme,
+        token_casing=True,
+    )
+    return ClauseExtractorModel(cfg)
+
+
+@pytest.mark.parametrize("crf", [True, False])
+def test_per_category_token_tags_keep_a_date_that_is_two_categories(crf):
+    import torch
+
+    from hf_tune.data.spans import Span
+
+    torch.manual_seed(0)
+    model = _tiny_clause_model("per_category", crf)
+    assert model.token_head.out.out_features == 6 and model.token_head.inp[1].in_features == 16 + 4
+    # the same date span is both categories: labels per category keep both
+    t = 6
+    labels = torch.full((1, t, 2), 0, dtype=torch.long)
+    labels[0, 2, :] = 1  # B- in both sequences
+    labels[0, 3, :] = 2  # I- in both
+    x = torch.randn(1, t, 20)
+    out = model(token_features=x, token_labels=labels)
+    assert out.loss is not None and torch.isfinite(out.loss)
+    out.loss.backward()
+    opt = torch.optim.Adam(model.token_head.parameters(), lr=0.05)
+    for _ in range(60):  # it can learn both sequences at once
+        opt.zero_grad()
+        model(token_features=x, token_labels=labels).loss.backward()
+        opt.step()
+    tags = model.token_outputs(x[0].numpy(), [True] * t)
+    assert tags.shape == (t, 2, 2) and tags[2:4, :, 0].tolist() == [[1, 1], [2, 2]]
+    offsets = [(i * 5, i * 5 + 4) for i in range(t)]
+    spans = {s for s, _ in model.decode([], np.zeros((0, 2)), offsets, [True] * t, tags)}
+    assert spans == {Span(10, 19, "Agreement Date"), Span(10, 19, "Effective Date")}
+
+
+def test_a_saved_bio_clause_model_keeps_its_single_sequence():
+    from hf_tune.clause_model import ClauseExtractorConfig
+
+    legacy = ClauseExtractorConfig(token_categories=["Parties"])  # configs saved before token_scheme existed
+    assert legacy.token_scheme == "bio" and not legacy.token_casing and legacy.token_outputs_width == 3

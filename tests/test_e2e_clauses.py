@@ -53,9 +53,14 @@ def test_cached_features_equal_the_live_encoder_and_are_reused(tiny_bert, contra
     np.testing.assert_allclose(again.features["train"][0].unit_features, f.unit_features, atol=2e-3, rtol=2e-3)
 
 
-def test_train_evaluate_predict(tiny_bert, contracts_jsonl, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["model.token_scheme=per_category", "model.token_casing=true"]],
+    ids=["bio", "per_category_casing"],
+)
+def test_train_evaluate_predict(tiny_bert, contracts_jsonl, tmp_path, capsys, extra):
     run = tmp_path / "run"
-    assert main(["train", *_args(tiny_bert, contracts_jsonl, run)]) == 0
+    assert main(["train", *_args(tiny_bert, contracts_jsonl, run, *extra)]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("eval_span_f1_micro", "eval_overlap_f1", "eval_jaccard_f1", "eval_aupr", "eval_gold_spans"):
         assert key in out, key

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -53,6 +53,15 @@ class ClauseModelConfig:
     """How documents are cut into units: fine (lines, sentences, item numbers, ';' parts) or sentences."""
     token_crf: bool = True
     """Decode the name/date token head with a CRF (only valid BIO paths) instead of per-token argmax."""
+    token_scheme: Literal["bio", "per_category"] = "bio"
+    """bio: one tag sequence over all token categories, the first of two overlapping spans wins; per_category:
+    an O/B/I sequence (and CRF) per token category, so overlapping names and dates are all kept (on CUAD 54% of
+    Effective Date spans are also the Agreement Date span). Measured with token_casing on CUAD (41 held-out
+    contracts): no better (exact 0.375 / overlap 0.483 vs 0.377 / 0.488) at 2.2x the head-training time, so
+    off by default; the oracle ceiling rises from 0.849 to 0.864 exact."""
+    token_casing: bool = False
+    """Give the token head casing features (capitalised, all caps, digits, after a quote) beside the encoder's
+    states: the packaged MiniLM is uncased, and party names are capitalised (see token_scheme for the measurement)."""
     dropout: float = 0.2
     unit_max_tokens: int = 128
     """Tokens of a unit the encoder reads for its embedding."""
@@ -179,7 +188,11 @@ class ClauseCollator:
             batch |= {"unit_features": x, "unit_labels": y, "unit_mask": mask}
         if tokens:
             n, width = max(len(f["token_features"]) for f in tokens), tokens[0]["token_features"].shape[1]
-            x, y = torch.zeros(len(tokens), n, width), torch.full((len(tokens), n), IGNORE, dtype=torch.long)
+            per_token = np.asarray(tokens[0]["token_labels"]).shape[1:]  # () for one BIO sequence, (C,) per category
+            x, y = (
+                torch.zeros(len(tokens), n, width),
+                torch.full((len(tokens), n, *per_token), IGNORE, dtype=torch.long),
+            )
             for i, f in enumerate(tokens):
                 m = len(f["token_features"])
                 x[i, :m] = torch.as_tensor(f["token_features"], dtype=torch.float32)
@@ -344,6 +357,8 @@ class ClauseExtractionRecipe(Recipe):
             token_pos_weight=m.token_pos_weight,
             segmenter=m.segmenter,
             token_crf=m.token_crf,
+            token_scheme=m.token_scheme,
+            token_casing=m.token_casing,
         )
 
     def _features(self, docs: list[Document]) -> list[DocFeatures]:
@@ -411,11 +426,22 @@ class ClauseExtractionRecipe(Recipe):
         tmp.replace(path)  # a kill mid-write never leaves a truncated cache file under the final name
 
     def _token_labels(self, f: DocFeatures) -> np.ndarray:
-        index = {n: i for i, n in enumerate(bio_labels(self.token_categories))}
-        spans = [s for s in f.doc.spans if s.category in self.token_categories]
-        labels = np.asarray(bio_token_labels(f.offsets, spans, index), dtype=np.int64)
+        """(T,) BIO ids over all token categories, or (T, C) O/B/I ids per category (``per_category``)."""
+        if self.cfg.model.token_scheme == "per_category":
+            labels = np.stack([self._bio_ids(f, [c]) for c in self.token_categories], axis=1)
+        else:
+            labels = self._bio_ids(f, self.token_categories)
         labels[~np.asarray(f.first, dtype=bool)] = IGNORE
         return labels
+
+    @staticmethod
+    def _bio_ids(f: DocFeatures, categories: list[str]) -> np.ndarray:
+        index = {n: i for i, n in enumerate(bio_labels(categories))}
+        spans = [s for s in f.doc.spans if s.category in categories]
+        return np.asarray(bio_token_labels(f.offsets, spans, index), dtype=np.int64)
+
+    def _token_inputs(self, model, f: DocFeatures) -> np.ndarray:
+        return model.token_inputs(f.doc.text, f.offsets, f.token_states)
 
     def _train_items(self, feats: list[DocFeatures]) -> list[dict[str, np.ndarray]]:
         step = self.cfg.data.chunk_units
@@ -425,7 +451,9 @@ class ClauseExtractionRecipe(Recipe):
             for s in range(0, len(f.units) if self.unit_categories else 0, step):
                 items.append({"unit_features": f.unit_features[s : s + step], "unit_labels": y[s : s + step]})
             if self.token_categories and len(f.offsets):
-                items.append({"token_features": f.token_states, "token_labels": self._token_labels(f)})
+                items.append(
+                    {"token_features": self._token_inputs(self._probe, f), "token_labels": self._token_labels(f)}
+                )
         return items
 
     def build_model(self) -> None:
@@ -461,7 +489,9 @@ class ClauseExtractionRecipe(Recipe):
         return out
 
     def _outputs(self, f: DocFeatures) -> tuple[np.ndarray, np.ndarray]:
-        return self.model.unit_probs(f.unit_features), self.model.token_outputs(f.token_states, f.first)
+        return self.model.unit_probs(f.unit_features), self.model.token_outputs(
+            self._token_inputs(self.model, f), f.first
+        )
 
     def _tune_thresholds(self, feats: list[DocFeatures]) -> dict[str, float | None]:
         """Unit-category thresholds that maximise exact + overlap micro F1 over *all* categories on these
@@ -527,7 +557,7 @@ class ClauseExtractionRecipe(Recipe):
         model = model or self.model
         pred, cand = [], []
         for f in feats:
-            p, tok = model.unit_probs(f.unit_features), model.token_outputs(f.token_states, f.first)
+            p, tok = model.unit_probs(f.unit_features), model.token_outputs(self._token_inputs(model, f), f.first)
             pred.append(model.decode(f.units, p, f.offsets, f.first, tok))
             cand.append(model.decode(f.units, p, f.offsets, f.first, tok, threshold=0.05))
         return document_metrics(
@@ -581,7 +611,7 @@ class ClauseExtractionRecipe(Recipe):
         for doc in docs:
             units, feats = model.unit_features(tokenizer, doc.text)
             offsets, first, states = model.token_features(tokenizer, doc.text)
-            p, tok = model.unit_probs(feats), model.token_outputs(states, first)
+            p, tok = model.unit_probs(feats), model.token_outputs(model.token_inputs(doc.text, offsets, states), first)
             pred.append(model.decode(units, p, offsets, first, tok))
             cand.append(model.decode(units, p, offsets, first, tok, threshold=0.05))
         cats = model.config.unit_categories + model.config.token_categories

@@ -20,6 +20,10 @@ of a row alternate within each repeat, in fresh processes, so drift in machine s
   reuses the cached stitch plan), ``after_bf16`` = the defaults with ``training.bf16=true`` (CPU autocast).
 - ``predict``: ``hf-tune predict`` on a folder of whole held-out contracts (``.txt``); documents/s, document
   tokens/s and window tokens/s (windows overlap, so the encoder reads about twice the document's tokens).
+- ``clause_features``: the clause recipe's frozen-encoder pass over every unit of the held-out contracts,
+  batches of 64 sorted by characters (``before``) vs ``unit_features_many``' pooled token-budget batches
+  (``after``, as training encodes them), in one process, alternated; real tokens/s, padding and the largest
+  feature difference between the two.
 - Pneumonia parity (image): ``bench/pneumonia.py``, which also prints its utilisation.
 
 Utilisation: FLOPs counted from the model's non-embedding parameters and the real (non-padding) tokens
@@ -27,7 +31,8 @@ Utilisation: FLOPs counted from the model's non-embedding parameters and the rea
 time, against this machine's fp32 matmul peak (a 2048 x 2048 torch matmul, best of 5, measured before every
 repeat; the median is reported). Do not run the rows at the same time as other work on a 2-core machine.
 
-Usage: python bench/speed.py [--rows conll text cuad_eval predict] [--repeats 3] [--epochs 2] [--text-epochs 1]
+Usage: python bench/speed.py [--rows conll text cuad_eval predict clause_features] [--repeats 3] [--epochs 2]
+                             [--text-epochs 1]
                              [--cuad ../shared/data/cuad/cuad_train.jsonl] [--baselines ../shared/bench]
                              [--model MODEL_DIR] [--keep DIR]
 """
@@ -596,6 +601,98 @@ def row_predict(a: argparse.Namespace, tmp: Path, peaks: list[float]) -> list[di
     ]
 
 
+def _unit_features_before(model, tokenizer, text: str, batch_size: int = 64):
+    """The clause model's feature pass as it was before token-budget batching (the reference): units sorted by
+    character length, a fixed 64 per batch, tokenised batch by batch."""
+    import numpy as np
+    import torch
+
+    from hf_tune.data.clauses import SEGMENTERS
+
+    units = SEGMENTERS.get(model.config.segmenter)(text)
+    width = model.encoder.config.hidden_size
+    feats = np.zeros((len(units), width), dtype=np.float32)
+    order = sorted(range(len(units)), key=lambda i: units[i][1] - units[i][0])
+    padded = 0
+    with torch.no_grad():
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            batch = tokenizer(
+                [text[units[i][0] : units[i][1]] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=model.config.unit_max_tokens,
+                return_tensors="pt",
+            )
+            padded += batch["input_ids"].numel()
+            h = model.encoder(**batch).last_hidden_state
+            m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+            feats[idx] = ((h * m).sum(1) / m.sum(1).clamp_min(1.0)).numpy()
+    return feats, padded
+
+
+def row_clause_features(a: argparse.Namespace, tmp: Path, peaks: list[float]) -> list[dict[str, Any]]:
+    """The clause recipe's frozen-encoder pass over every unit of whole contracts (most of its training time):
+    ``before`` = char-sorted batches of 64, ``after`` = ``ClauseExtractorModel.unit_features_many`` (the
+    documents' units pooled, token-sorted, 2,048-token budget). Same process, alternated; the features of the
+    two must agree."""
+    import numpy as np
+    from transformers import AutoModel, AutoTokenizer
+
+    sys.path.insert(0, str(REPO))
+    from hf_tune.clause_model import ClauseExtractorModel, token_budget_batches
+    from hf_tune.data.clauses import SEGMENTERS
+
+    held = _cuad_files(a, tmp)
+    tok = AutoTokenizer.from_pretrained(_model_dir(a.model))
+    model = ClauseExtractorModel.from_encoder(AutoModel.from_pretrained(_model_dir(a.model)), unit_categories=["x"])
+    model.eval()
+    texts = [d["text"] for d in held]
+    lengths = []
+    for t in texts:
+        units = SEGMENTERS.get(model.config.segmenter)(t)
+        ids = tok([t[x:y] for x, y in units], truncation=True, max_length=model.config.unit_max_tokens)["input_ids"]
+        lengths.append([len(i) for i in ids])
+    real, flat = sum(map(sum, lengths)), [n for ls in lengths for n in ls]
+    after_padded = sum(len(b) * max(flat[i] for i in b) for b in token_budget_batches(flat, 2048))
+
+    def before() -> dict[str, Any]:
+        t0, padded, out = time.perf_counter(), 0, []
+        for t in texts:
+            f, p = _unit_features_before(model, tok, t)
+            padded, out = padded + p, [*out, f]
+        return {"seconds": time.perf_counter() - t0, "padded": padded, "feats": out}
+
+    def after() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        out = [f[:, :-1] for _, f in model.unit_features_many(tok, texts)]  # all at once, as training does
+        return {"seconds": time.perf_counter() - t0, "padded": after_padded, "feats": out}
+
+    runs = _alternate(a, {"before": before, "after": after}, peaks)
+    pairs = zip(runs["before"][0]["feats"], runs["after"][0]["feats"], strict=True)
+    diff = max(float(np.abs(x - y).max()) for x, y in pairs)
+    lines = []
+    for name, rs in runs.items():
+        s = statistics.median(r["seconds"] for r in rs)
+        lines.append(
+            {
+                "bench": "speed",
+                "row": "clause_features",
+                "config": name,
+                "documents": len(texts),
+                "units": sum(map(len, lengths)),
+                "real_tokens": real,
+                "padding_ratio": round(rs[0]["padded"] / real, 3),
+                "seconds_runs": [round(r["seconds"], 1) for r in rs],
+                "real_tokens_per_s": round(real / s, 1),
+                "utilisation": _util(_flops(model.encoder, flat, training=False), s, peaks),
+            }
+        )
+    lines[1]["speedup_vs_before"] = round(lines[1]["real_tokens_per_s"] / lines[0]["real_tokens_per_s"], 3)
+    lines[1]["max_abs_feature_difference"] = diff
+    return lines
+
+
 def _with_ratios(lines: list[dict[str, Any]], speed_key: str, quality_key: str) -> list[dict[str, Any]]:
     base = next((line for line in lines if line["config"] == "baseline"), None)
     if base is None:  # --gpu: no baseline ran
@@ -607,7 +704,13 @@ def _with_ratios(lines: list[dict[str, Any]], speed_key: str, quality_key: str) 
     return lines
 
 
-ROWS = {"conll": row_conll, "text": row_text, "cuad_eval": row_cuad_eval, "predict": row_predict}
+ROWS = {
+    "conll": row_conll,
+    "text": row_text,
+    "cuad_eval": row_cuad_eval,
+    "predict": row_predict,
+    "clause_features": row_clause_features,
+}
 
 
 def main() -> None:

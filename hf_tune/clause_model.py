@@ -143,6 +143,22 @@ def casing_features(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
     return out
 
 
+def token_budget_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices grouped into batches whose padded size (count x longest) stays within ``budget`` tokens, shortest
+    first. Sorting by length first makes padding small; a unit longer than the budget gets a batch of its own."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and (len(current) + 1) * lengths[i] > budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
 @dataclass
 class ClauseOutput(ModelOutput):
     loss: torch.Tensor | None = None
@@ -293,29 +309,45 @@ class ClauseExtractorModel(PreTrainedModel):
         return torch.stack(parts).mean()
 
     # ---------------------------------------------------------------- encoder features
+    def unit_features(self, tokenizer, text: str, token_budget: int = 2048) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """The document's units and their features (see ``unit_features_many``)."""
+        return self.unit_features_many(tokenizer, [text], token_budget)[0]
+
     @torch.no_grad()
-    def unit_features(self, tokenizer, text: str, batch_size: int = 64) -> tuple[list[tuple[int, int]], np.ndarray]:
-        """The document's units and their features: mean-pooled encoder states (each unit read alone, up to
-        ``unit_max_tokens`` tokens; batches sorted by length to avoid padding) plus the relative position."""
-        units = SEGMENTERS.get(self.config.segmenter)(text)
+    def unit_features_many(
+        self, tokenizer, texts: list[str], token_budget: int = 2048
+    ) -> list[tuple[list[tuple[int, int]], np.ndarray]]:
+        """Per document its units and their features: mean-pooled encoder states (each unit read alone, up to
+        ``unit_max_tokens`` tokens) plus the unit's relative position in its document.
+
+        Every unit is tokenised once, the units of all ``texts`` are pooled, sorted by token count and read in
+        batches of at most ``token_budget`` padded tokens (``token_budget_batches``), so a document's few long
+        or few short units share batches with others' of the same length. Sorting one document's units by
+        characters in fixed batches of 64 padded 1.8x on CUAD; pooling several documents is what brings the
+        padding down (docs/benchmarks.md, ``bench/speed.py --rows clause_features``). Larger budgets were slower
+        on CPU."""
+        segment = SEGMENTERS.get(self.config.segmenter)
+        per_doc = [segment(text) for text in texts]
+        pieces = [text[a:b] for text, units in zip(texts, per_doc, strict=True) for a, b in units]
         width = self.encoder.config.hidden_size
-        feats = np.zeros((len(units), width + 1), dtype=np.float32)
-        order = sorted(range(len(units)), key=lambda i: units[i][1] - units[i][0])
-        self.encoder.eval()
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            batch = tokenizer(
-                [text[units[i][0] : units[i][1]] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.config.unit_max_tokens,
-                return_tensors="pt",
-            ).to(self.device)
-            h = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
-            feats[idx, :width] = ((h * m).sum(1) / m.sum(1).clamp_min(1.0)).float().cpu().numpy()
-        feats[:, width] = np.arange(len(units)) / max(1, len(units) - 1)
-        return units, feats
+        pooled = np.zeros((len(pieces), width), dtype=np.float32)
+        if pieces:
+            ids = tokenizer(pieces, truncation=True, max_length=self.config.unit_max_tokens, verbose=False)
+            ids = ids["input_ids"]
+            self.encoder.eval()
+            for idx in token_budget_batches([len(x) for x in ids], token_budget):
+                batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt").to(self.device)
+                h = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+                m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+                pooled[idx] = ((h * m).sum(1) / m.sum(1).clamp_min(1.0)).float().cpu().numpy()
+        out, start = [], 0
+        for units in per_doc:
+            feats = np.zeros((len(units), width + 1), dtype=np.float32)
+            feats[:, :width] = pooled[start : start + len(units)]
+            feats[:, width] = np.arange(len(units)) / max(1, len(units) - 1)
+            out.append((units, feats))
+            start += len(units)
+        return out
 
     @torch.no_grad()
     def token_features(self, tokenizer, text: str) -> tuple[list[tuple[int, int]], list[bool], np.ndarray]:

@@ -217,3 +217,50 @@ def test_a_saved_bio_clause_model_keeps_its_single_sequence():
 
     legacy = ClauseExtractorConfig(token_categories=["Parties"])  # configs saved before token_scheme existed
     assert legacy.token_scheme == "bio" and not legacy.token_casing and legacy.token_outputs_width == 3
+
+
+def test_token_budget_batches_cover_every_unit_once_within_the_budget():
+    from hf_tune.clause_model import token_budget_batches
+
+    lengths = [5, 300, 12, 12, 40, 3, 2500, 7, 64, 64, 9]
+    batches = token_budget_batches(lengths, 128)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        padded = len(b) * max(lengths[i] for i in b)
+        assert padded <= 128 or len(b) == 1  # a unit longer than the budget reads alone
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat)  # shortest first: neighbours pad little
+    assert token_budget_batches([], 64) == []
+
+
+def test_unit_features_batched_by_tokens_equal_each_unit_read_alone(tiny_bert):
+    import torch
+    from transformers import AutoTokenizer, BertConfig
+
+    from hf_tune.clause_model import ClauseExtractorConfig, ClauseExtractorModel
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    enc = BertConfig.from_pretrained(tiny_bert)
+    model = ClauseExtractorModel(ClauseExtractorConfig(encoder=enc.to_dict(), unit_categories=["Law"], hidden=8))
+    text = (
+        "1. Governing Law. This Agreement is governed by the laws of the State of New York.\n"
+        "2. Term. The term is five (5) years; it renews unless either party gives notice.\n"
+        "Short.\n" + "A much longer sentence with many more words in it to pad the others. " * 3
+    )
+    other = "Exhibit A.\nThe Company shall indemnify the Distributor against all claims; losses; costs."
+    # two documents pooled into shared batches of mixed lengths come back split and in order
+    docs = model.unit_features_many(tok, [text, other, ""], token_budget=40)
+    assert [len(u) for u, _ in docs][2] == 0 and docs[2][1].shape == (0, enc.hidden_size + 1)
+    model.encoder.eval()
+    for doc, (units, feats) in zip([text, other], docs[:2], strict=True):
+        assert len(units) >= 3 and feats.shape == (len(units), enc.hidden_size + 1)
+        with torch.no_grad():
+            for i, (a, b) in enumerate(units):
+                x = tok(doc[a:b], truncation=True, max_length=model.config.unit_max_tokens, return_tensors="pt")
+                alone = model.encoder(**x).last_hidden_state[0].mean(0).numpy()
+                np.testing.assert_allclose(feats[i, :-1], alone, atol=1e-5, rtol=1e-4)
+        assert feats[0, -1] == 0 and feats[-1, -1] == 1  # relative position within its own document
+    one_units, one = model.unit_features(tok, other)
+    assert one_units == docs[1][0]
+    np.testing.assert_allclose(one, docs[1][1], atol=1e-5)

@@ -281,6 +281,7 @@ def shortest_spans(docs: list[Document], categories: list[str], percentile: floa
 
 THRESHOLD_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 MIN_GOLD_TO_TUNE = 15
+FEATURE_CHUNK_DOCS = 16  # documents whose units are encoded together (padding vs. cache progress on a kill)
 
 
 @register_kind
@@ -365,20 +366,24 @@ class ClauseExtractionRecipe(Recipe):
         """Encoder outputs of every document, from the cache when this encoder already read the same text."""
         import time
 
-        out, t0, n_tok = [], time.time(), 0
+        t0, n_tok = time.time(), 0
         d = self.cfg.data
         folder = (
             (Path(d.feature_cache) if d.feature_cache else self.output_dir / "features") if d.cache_features else None
         )
-        for doc in docs:
-            cached = self._load_cached(folder, doc)
-            if cached is None:
-                units, feats = self._probe.unit_features(self.tokenizer, doc.text)
+        found = {i: self._load_cached(folder, doc) for i, doc in enumerate(docs)}
+        todo = [i for i, f in found.items() if f is None]
+        # units of several documents share batches (less padding); a chunk at a time, so the cache fills as it goes
+        for c in range(0, len(todo), FEATURE_CHUNK_DOCS):
+            chunk = todo[c : c + FEATURE_CHUNK_DOCS]
+            units = self._probe.unit_features_many(self.tokenizer, [docs[i].text for i in chunk])
+            for i, (doc_units, feats) in zip(chunk, units, strict=True):
+                doc = docs[i]
                 offsets, first, states = self._probe.token_features(self.tokenizer, doc.text)
-                cached = DocFeatures(doc, units, feats, offsets, first, states)
+                found[i] = DocFeatures(doc, doc_units, feats, offsets, first, states)
                 n_tok += len(self.tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"])
-                self._save_cached(folder, cached)
-            out.append(cached)
+                self._save_cached(folder, found[i])
+        out = [found[i] for i in range(len(docs))]
         if n_tok:
             log(f"encoded {len(docs)} documents: {n_tok:,} tokens in {time.time() - t0:.0f} s")
         return out

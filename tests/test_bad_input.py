@@ -379,6 +379,10 @@ CLI_CASES = {
         c.text(c.contracts(), "data.window=64", "data.stride=100", recipe="contract_tagging_minilm"),
         ["data.stride must be"],
     ),
+    "evaluation stride longer than the window": lambda c: (
+        c.text(c.contracts(), "data.window=64", "data.eval_stride=63", recipe="contract_tagging_minilm"),
+        ["data.eval_stride must be", "eval_stride=63"],
+    ),
     "multi-task task length longer than the model": lambda c: (
         [
             "train",

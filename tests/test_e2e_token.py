@@ -83,6 +83,42 @@ def test_token_bad_inputs(tiny_bert, contracts_jsonl, tmp_path, capsys):
     assert "data.stride must be in" in capsys.readouterr().err
 
 
+def test_eval_stride_reads_each_token_once_at_evaluation_and_prediction(tiny_bert, contracts_jsonl, tmp_path, capsys):
+    """data.eval_stride changes the evaluation and prediction windows only: training windows keep data.stride,
+    the val windows tile each document without overlap, and evaluate/predict take it as an override."""
+    from hf_tune.config import load_config
+    from hf_tune.recipes import RECIPES
+
+    def setup(*extra: str):
+        recipe = RECIPES.get("token_classification")(load_config(_args(tiny_bert, contracts_jsonl, tmp_path / "s", *extra)))
+        recipe.args = recipe.training_args()
+        recipe.prepare_data()
+        return recipe
+
+    overlapped, tiled = setup(), setup("data.eval_stride=30")
+    assert len(tiled.datasets["train"]) == len(overlapped.datasets["train"])
+    assert len(tiled.datasets["val"]) < len(overlapped.datasets["val"])
+    for e in tiled.encoded["val"]:
+        covered = [t for a, b in e.windows for t in range(a, b)]
+        assert covered == list(range(len(e.ids))), "every token exactly once, in order"
+
+    run = tmp_path / "run"
+    assert main(["train", *_args(tiny_bert, contracts_jsonl, run, "data.eval_stride=30")]) == 0
+    capsys.readouterr()
+    assert "eval_stride: 30" in (run / "model" / "resolved_config.yaml").read_text()
+    scores = {}
+    for stride in ("15", "30"):
+        assert main(["evaluate", str(run), f"data.path={contracts_jsonl}", f"data.eval_stride={stride}"]) == 0
+        scores[stride] = json.loads(capsys.readouterr().out.strip())
+        assert scores[stride]["num_documents"] == 24 and 0 <= scores[stride]["span_f1_micro"] <= 1
+    doc = tmp_path / "long.txt"
+    doc.write_text(" ".join(json.loads(line)["text"] for line in contracts_jsonl.read_text().splitlines()))
+    assert main(["predict", str(run), str(doc), "data.eval_stride=30"]) == 0
+    assert json.loads(capsys.readouterr().out.strip())["id"] == str(doc)
+    assert main(["evaluate", str(run), f"data.path={contracts_jsonl}", "data.eval_stride=31"]) == 2
+    assert "data.eval_stride must be in" in capsys.readouterr().err
+
+
 def _weights(folder: Path) -> dict:
     from safetensors.torch import load_file
 

@@ -78,6 +78,11 @@ class TokenDataConfig(DataSplitsConfig):
     """Tokens per window including [CLS] and [SEP]."""
     stride: int = 128
     """Step between window starts; windows overlap by window - 2 - stride tokens."""
+    eval_stride: int | None = None
+    """Step between window starts for validation, test, ``hf-tune evaluate`` and ``predict``; None: data.stride.
+    Overlap helps training (every token is seen with context on both sides) more than it helps prediction:
+    window - 2 reads each token once, so evaluation does about window/stride times less work (measured in
+    docs/benchmarks.md, "Speed"), at the price of less context for the tokens at window edges."""
     negative_window_keep: float = 1.0
     """Share of training windows without any span to keep (seeded); lower it when 'O' dominates."""
     max_train_docs: int | None = None
@@ -91,6 +96,10 @@ class TokenDataConfig(DataSplitsConfig):
     augment: TextAugmentConfig = field(default_factory=TextAugmentConfig)
     """EDA augmentation of training windows, made afresh each time a window is drawn (never at evaluation);
     span-safe: labels move with their words and no span loses its first or last word."""
+
+    @property
+    def eval_stride_or_stride(self) -> int:
+        return self.stride if self.eval_stride is None else self.eval_stride
 
     def head_name(self) -> str:
         return {"bio": "bio_tagging", "bio_crf": "bio_crf_tagging", "multilabel": "multilabel_tagging"}[self.scheme]
@@ -116,6 +125,11 @@ class TokenClassificationConfig(BaseConfig):
         d = self.data
         if not 0 < d.stride <= d.window - 2:
             errors.append(f"data.stride must be in (0, data.window - 2], got stride={d.stride}, window={d.window}")
+        if d.eval_stride is not None and not 0 < d.eval_stride <= d.window - 2:
+            errors.append(
+                f"data.eval_stride must be in (0, data.window - 2] or null (= data.stride), got "
+                f"eval_stride={d.eval_stride}, window={d.window}"
+            )
         if not 0.0 <= d.negative_window_keep <= 1.0:
             errors.append("data.negative_window_keep must be in [0, 1]")
         if d.scheme == "bio_crf":
@@ -246,7 +260,11 @@ class TokenClassificationRecipe(Recipe):
             raise DataError(f"{d.path}: the training documents have no spans")
         self.label_names = self.head.label_names(self.categories)
         self.encoded = {
-            n: [encode_document(self.tokenizer, doc, d.window, d.stride) for doc in docs] for n, docs in splits.items()
+            n: [
+                encode_document(self.tokenizer, doc, d.window, d.stride if n == "train" else d.eval_stride_or_stride)
+                for doc in docs
+            ]
+            for n, docs in splits.items()
         }
         self.datasets = {"train": self._train_windows(self.encoded["train"])}
         augmenter = build_augmenter(d.augment)
@@ -506,7 +524,7 @@ class TokenClassificationRecipe(Recipe):
         self._restore_labels(model_dir)
         d = self.cfg.data
         name, docs = select(self._source_splits(), d.split, carved=self._carved, concat=concat_items, source=d.path)
-        encoded = [encode_document(self.tokenizer, doc, d.window, d.stride) for doc in docs]
+        encoded = [encode_document(self.tokenizer, doc, d.window, d.eval_stride_or_stride) for doc in docs]
         self._use_cpu_threads()
         predicted = list(self._predict_docs(encoded))
         metrics = self._metrics(
@@ -573,7 +591,7 @@ class TokenClassificationRecipe(Recipe):
         def encoded() -> Iterator[EncodedDoc]:
             nonlocal n_tok
             for doc in read_documents_for_prediction(source, d.text_field):
-                seen.append(encode_document(self.tokenizer, doc, d.window, d.stride))
+                seen.append(encode_document(self.tokenizer, doc, d.window, d.eval_stride_or_stride))
                 n_tok += len(seen[-1].ids)
                 yield seen[-1]
 

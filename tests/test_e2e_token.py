@@ -90,7 +90,9 @@ def test_eval_stride_reads_each_token_once_at_evaluation_and_prediction(tiny_ber
     from hf_tune.recipes import RECIPES
 
     def setup(*extra: str):
-        recipe = RECIPES.get("token_classification")(load_config(_args(tiny_bert, contracts_jsonl, tmp_path / "s", *extra)))
+        recipe = RECIPES.get("token_classification")(
+            load_config(_args(tiny_bert, contracts_jsonl, tmp_path / "s", *extra))
+        )
         recipe.args = recipe.training_args()
         recipe.prepare_data()
         return recipe

@@ -67,6 +67,7 @@ IMAGE_QUIET = ["training.save_strategy=no", "training.eval_strategy=no"]
 def soup_rows(tmp: Path, npz: Path, n: int, epochs: int) -> tuple[Path, Path]:
     base = tmp / "base"
     minutes = train(base, "pneumonia_resnet18", npz, *IMAGE_QUIET)
+    (base / "bench_minutes.json").write_text(json.dumps(minutes))
     row("soup_base_run", **evaluate(base, npz, IMAGE_KEYS), train_minutes=minutes)
     variants = [
         ["training.learning_rate=1e-3"],
@@ -97,7 +98,9 @@ def soup_rows(tmp: Path, npz: Path, n: int, epochs: int) -> tuple[Path, Path]:
     return base, greedy
 
 
-def swa_rows(tmp: Path, npz: Path) -> None:
+def swa_rows(tmp: Path, npz: Path, base: Path | None) -> None:
+    """EMA (the recipe's default), neither, SWA; the EMA row reuses the soup's base run when there is one (the
+    same command: the recipe with ``IMAGE_QUIET`` and nothing else), which saves one from-scratch run."""
     settings = {
         "ema": [],
         "neither": ["techniques.ema.enabled=false"],
@@ -112,7 +115,10 @@ def swa_rows(tmp: Path, npz: Path) -> None:
     }
     for name, extra in settings.items():
         run = tmp / f"avg_{name}"
-        minutes = train(run, "pneumonia_resnet18", npz, *IMAGE_QUIET, *extra)
+        if name == "ema" and base is not None:
+            run, minutes = base, json.loads((base / "bench_minutes.json").read_text())
+        else:
+            minutes = train(run, "pneumonia_resnet18", npz, *IMAGE_QUIET, *extra)
         row(f"averaging_{name}", overrides=extra, **evaluate(run, npz, IMAGE_KEYS), train_minutes=minutes)
 
 
@@ -269,7 +275,7 @@ def main() -> None:
     if {"soup", "distill_image", "forgetting"} & set(a.rows):
         base, teacher = soup_rows(tmp, npz, a.ingredients, a.ft_epochs)
     if "swa" in a.rows:
-        swa_rows(tmp, npz)
+        swa_rows(tmp, npz, base)
     if "distill_image" in a.rows:
         distill_image_rows(tmp, npz, teacher)
     if "forgetting" in a.rows:

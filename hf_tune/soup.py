@@ -163,8 +163,11 @@ def compatibility_errors(items: Sequence[Ingredient]) -> list[str]:
 
 
 class Scorer:
-    """Scores weights on the held-out split of the evaluation data, as ``hf-tune evaluate`` would, after
-    recomputing BatchNorm statistics on training batches when the model has BatchNorm (timm ResNets)."""
+    """Scores weights on the held-out split of the evaluation data, as ``hf-tune evaluate`` would. Fused weights
+    (an average or an interpolation) of a model with BatchNorm (timm ResNets) get their statistics recomputed on
+    training batches first; one model's own weights keep the statistics it was saved with, which are right for
+    it, so an ingredient scores exactly what ``hf-tune evaluate`` gives it (recomputing them on augmented
+    training batches had ranked a no-augmentation fine-tune 1.1 points below its real val accuracy)."""
 
     def __init__(self, reference: Ingredient, overrides: list[str], metric: str | None, bn_batches: int) -> None:
         self.cfg = load_run_config(reference.model_dir, overrides)
@@ -176,9 +179,9 @@ class Scorer:
         self.bn_batches = bn_batches
         self._bn_inputs: list[torch.Tensor] | None = None
 
-    def load(self, state: dict[str, torch.Tensor]):
+    def load(self, state: dict[str, torch.Tensor], *, fused: bool = True):
         self.model.load_state_dict(state)
-        if has_batchnorm(self.model) and self.bn_batches > 0:
+        if fused and has_batchnorm(self.model) and self.bn_batches > 0:
             recompute_batchnorm(self.model, self._batchnorm_inputs())
         return self.model
 
@@ -189,8 +192,8 @@ class Scorer:
             log(f"BatchNorm statistics recomputed on {len(self._bn_inputs)} training batches per candidate")
         return self._bn_inputs
 
-    def evaluate(self, state: dict[str, torch.Tensor]) -> dict[str, Any]:
-        return self.recipe.evaluate_saved(self.reference.model_dir, model=self.load(state))
+    def evaluate(self, state: dict[str, torch.Tensor], *, fused: bool = True) -> dict[str, Any]:
+        return self.recipe.evaluate_saved(self.reference.model_dir, model=self.load(state, fused=fused))
 
     def score(self, metrics: dict[str, Any]) -> float:
         if self.metric not in metrics:
@@ -304,12 +307,13 @@ def soup(
         raise ConfigError(errors)
     scorer = Scorer(items[0], _held_out(list(overrides)), metric, bn_batches)
     for it in items:
-        it.metrics = scorer.evaluate(it.state)
+        it.metrics = scorer.evaluate(it.state, fused=False)
         it.score = scorer.score(it.metrics)
         log(f"ingredient {it.name}: {scorer.metric} = {it.score:.4f}")
     chosen, steps = method_fn(items, scorer)
     state = average_states([it.state for it in chosen])
-    metrics = scorer.evaluate(state)
+    fused = len(chosen) > 1  # a greedy soup of one is that ingredient, saved as it was
+    metrics = scorer.evaluate(state, fused=fused)
     score = scorer.score(metrics)
     best = max(items, key=lambda i: i.score if scorer.higher_is_better else -i.score)
     record = {
@@ -325,9 +329,9 @@ def soup(
             for it in items
         ],
         "steps": steps,
-        "batchnorm_recomputed": has_batchnorm(scorer.model) and bn_batches > 0,
+        "batchnorm_recomputed": fused and has_batchnorm(scorer.model) and bn_batches > 0,
     }
-    write_fused(out, _reference(chosen, scorer), scorer.load(state), metrics, record)
+    write_fused(out, _reference(chosen, scorer), scorer.load(state, fused=fused), metrics, record)
     log(f"{method} soup of {len(chosen)} of {len(items)}: {scorer.metric} = {score:.4f} (best single {best.score:.4f})")
     return {"output": str(out), "method": method, "ingredients": len(chosen), **_scalar(metrics)}
 
@@ -426,7 +430,8 @@ def interpolate(
     scorer = Scorer(tuned, _held_out(list(overrides)), metric, bn_batches)
     sweep = []
     for a in alphas:
-        metrics = scorer.evaluate(interpolate_states(start, tuned.state, a, keys))
+        # alpha 1 is the fine-tuned model itself: its own BatchNorm statistics stay
+        metrics = scorer.evaluate(interpolate_states(start, tuned.state, a, keys), fused=a < 1)
         sweep.append({"alpha": a, "score": scorer.score(metrics), "metrics": _scalar(metrics)})
         log(f"alpha {a:.2f}: {scorer.metric} = {sweep[-1]['score']:.4f}")
     best = max(sweep, key=lambda r: r["score"] if scorer.higher_is_better else -r["score"])
@@ -443,7 +448,7 @@ def interpolate(
         "kept_fine_tuned": sorted(head),
         "sweep": sweep if len(sweep) > 1 else [],
     }
-    write_fused(out, tuned, scorer.load(state), best["metrics"], record)
+    write_fused(out, tuned, scorer.load(state, fused=best["alpha"] < 1), best["metrics"], record)
     return {
         "output": str(out),
         "alpha": best["alpha"],

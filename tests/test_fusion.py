@@ -211,7 +211,9 @@ def test_soup_writes_a_model_folder_that_loads_everywhere(method, soup_data, tmp
     assert main(["soup", *map(str, fine_tunes), f"method={method}", f"data.path={tiny_npz}", f"output={out}"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     record = json.loads((out / "fusion.json").read_text())
-    assert record["method"] == f"{method}_soup" and len(record["ingredients"]) == 3 and record["batchnorm_recomputed"]
+    assert record["method"] == f"{method}_soup" and len(record["ingredients"]) == 3
+    # statistics are recomputed for an average, not for a greedy soup that kept one ingredient as it was
+    assert record["batchnorm_recomputed"] == (sum(i["in_soup"] for i in record["ingredients"]) > 1)
     if method == "uniform":
         assert line["ingredients"] == 3 and all(i["in_soup"] for i in record["ingredients"])
         states = [load_file(str(r / "model" / "model.safetensors")) for r in fine_tunes]
@@ -223,6 +225,10 @@ def test_soup_writes_a_model_folder_that_loads_everywhere(method, soup_data, tmp
     else:
         scores = [i["score"] for i in record["ingredients"]]
         assert record["score"] >= max(scores)  # greedy never ends below its best ingredient
+        for ingredient in record["ingredients"]:  # ranked by exactly what evaluate gives each one
+            assert main(["evaluate", ingredient["name"], f"data.path={tiny_npz}", "data.split=val"]) == 0
+            own = json.loads(capsys.readouterr().out.strip())
+            assert own["accuracy"] == pytest.approx(ingredient["score"])
     card = (out / "README.md").read_text()
     assert "Weight fusion" in card and str(fine_tunes[0]) in card
     assert (out / "plots" / "soup_ingredients.png").is_file()

@@ -64,11 +64,10 @@ def row(name: str, **values) -> None:
 IMAGE_QUIET = ["training.save_strategy=no", "training.eval_strategy=no"]
 
 
-def soup_rows(tmp: Path, npz: Path, n: int, epochs: int) -> tuple[Path, Path]:
+def soup_rows(tmp: Path, npz: Path, n: int, epochs: int) -> tuple[Path, float, Path]:
     base = tmp / "base"
-    minutes = train(base, "pneumonia_resnet18", npz, *IMAGE_QUIET)
-    (base / "bench_minutes.json").write_text(json.dumps(minutes))
-    row("soup_base_run", **evaluate(base, npz, IMAGE_KEYS), train_minutes=minutes)
+    base_minutes = train(base, "pneumonia_resnet18", npz, *IMAGE_QUIET)
+    row("soup_base_run", **evaluate(base, npz, IMAGE_KEYS), train_minutes=base_minutes)
     variants = [
         ["training.learning_rate=1e-3"],
         ["training.learning_rate=5e-4", "data.augmentation.scale=[0.6,1.0]"],
@@ -95,10 +94,10 @@ def soup_rows(tmp: Path, npz: Path, n: int, epochs: int) -> tuple[Path, Path]:
         record = json.loads((out / "fusion.json").read_text())
         chosen = sum(i["in_soup"] for i in record["ingredients"])
         row(f"soup_{method}", ingredients=chosen, **evaluate(out, npz, IMAGE_KEYS), soup_minutes=round(secs / 60, 2))
-    return base, greedy
+    return base, base_minutes, greedy
 
 
-def swa_rows(tmp: Path, npz: Path, base: Path | None) -> None:
+def swa_rows(tmp: Path, npz: Path, base: Path | None, base_minutes: float | None) -> None:
     """EMA (the recipe's default), neither, SWA; the EMA row reuses the soup's base run when there is one (the
     same command: the recipe with ``IMAGE_QUIET`` and nothing else), which saves one from-scratch run."""
     settings = {
@@ -116,7 +115,7 @@ def swa_rows(tmp: Path, npz: Path, base: Path | None) -> None:
     for name, extra in settings.items():
         run = tmp / f"avg_{name}"
         if name == "ema" and base is not None:
-            run, minutes = base, json.loads((base / "bench_minutes.json").read_text())
+            run, minutes = base, base_minutes
         else:
             minutes = train(run, "pneumonia_resnet18", npz, *IMAGE_QUIET, *extra)
         row(f"averaging_{name}", overrides=extra, **evaluate(run, npz, IMAGE_KEYS), train_minutes=minutes)
@@ -271,11 +270,11 @@ def main() -> None:
     text = {"distill_text", "wise", "l2sp_small"} & set(a.rows)
     npz = require(a.pneumonia, "pneumoniamnist") if image else None
     cuad = require(a.cuad, "cuad") if text else None
-    base = teacher = None
+    base = base_minutes = teacher = None
     if {"soup", "distill_image", "forgetting"} & set(a.rows):
-        base, teacher = soup_rows(tmp, npz, a.ingredients, a.ft_epochs)
+        base, base_minutes, teacher = soup_rows(tmp, npz, a.ingredients, a.ft_epochs)
     if "swa" in a.rows:
-        swa_rows(tmp, npz, base)
+        swa_rows(tmp, npz, base, base_minutes)
     if "distill_image" in a.rows:
         distill_image_rows(tmp, npz, teacher)
     if "forgetting" in a.rows:

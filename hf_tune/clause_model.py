@@ -6,6 +6,8 @@
   that runs over several sentences (or over what would be two 256-token windows) is one decision. It predicts a
   B and an I sigmoid per category (the multilabel_tagging head at unit level), so overlapping clauses of
   different categories are kept.
+  With ``unit_ngrams`` a hashed bag of the unit's words and word pairs (an EmbeddingBag) is added to its
+  projected embedding: the exact words that name a category, which a mean-pooled frozen embedding blurs.
 - The *token head* tags short categories (party names, dates, document names) with BIO tags on the encoder's
   token states of the document's opening tokens, where almost all of them are (a one-layer GRU over them). With
   ``token_scheme="per_category"`` every category has its own O/B/I sequence (and CRF), so a date that is both
@@ -31,7 +33,7 @@ from transformers.utils import ModelOutput
 
 from hf_tune.crf import CRF, compact
 from hf_tune.data.batching import token_budget_batches
-from hf_tune.data.clauses import SEGMENTERS, decode_units
+from hf_tune.data.clauses import SEGMENTERS, decode_units, unit_ngrams
 from hf_tune.data.spans import IGNORE, Span, bio_labels, decode_bio, first_subword_mask
 from hf_tune.heads import inherit_first_score, inherit_first_subword
 
@@ -58,6 +60,8 @@ class ClauseExtractorConfig(PretrainedConfig):
             ``per_category`` (an O/B/I sequence per category, overlaps kept).
         token_casing: append :func:`casing_features` to the token states (for uncased encoders).
         unit_pos_weight, token_pos_weight: weight of positive targets in the two losses (clauses are rare).
+        unit_ngrams: hash buckets of a bag of each unit's word unigrams and bigrams, embedded (mean) and added to
+            the unit head's input projection (see hf_tune.data.clauses.unit_ngrams); 0: off.
     """
 
     model_type = "hf_tune_clause_extractor"
@@ -82,6 +86,7 @@ class ClauseExtractorConfig(PretrainedConfig):
         token_crf: bool = False,
         token_scheme: str = "bio",
         token_casing: bool = False,
+        unit_ngrams: int = 0,
         **kwargs: Any,
     ) -> None:
         self.encoder = encoder or {}
@@ -104,6 +109,7 @@ class ClauseExtractorConfig(PretrainedConfig):
         self.token_crf = token_crf
         self.token_scheme = token_scheme
         self.token_casing = token_casing
+        self.unit_ngrams = unit_ngrams
         super().__init__(**kwargs)
 
     @property
@@ -173,8 +179,10 @@ class ContextHead(nn.Module):
         )
         self.out = nn.Linear(hidden, outputs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         h = self.inp(x)
+        if extra is not None:  # another view of the same items (the units' word bags), in the hidden space
+            h = h + extra
         if self.context is not None:
             h = h + self.context(h)[0]  # residual: a unit's own evidence stays first-class
         return self.out(h)
@@ -197,6 +205,12 @@ class ClauseExtractorModel(PreTrainedModel):
         # one GRU layer over the token states keeps a name's tags together (an MLP per token fragments them)
         tok_in = width + (CASING_FEATURES if config.token_casing else 0)
         self.token_head = ContextHead(tok_in, config.hidden, 1, config.dropout, config.token_outputs_width)
+        self.unit_lexicon = (
+            nn.EmbeddingBag(config.unit_ngrams, config.hidden, mode="mean", padding_idx=0)
+            if config.unit_ngrams
+            else None
+        )
+        self.lexicon_dropout = nn.Dropout(config.dropout)
         crf = config.token_crf and bool(config.token_categories)
         self.crf = CRF(config.token_labels) if crf and not config.per_category else None
         self.category_crfs = (
@@ -220,6 +234,11 @@ class ClauseExtractorModel(PreTrainedModel):
             nn.init.normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.EmbeddingBag):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
 
     # ---------------------------------------------------------------- training on cached features
     def forward(
@@ -227,16 +246,18 @@ class ClauseExtractorModel(PreTrainedModel):
         unit_features: torch.Tensor | None = None,
         unit_mask: torch.Tensor | None = None,
         unit_labels: torch.Tensor | None = None,
+        unit_ngrams: torch.Tensor | None = None,
         token_features: torch.Tensor | None = None,
         token_labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
     ) -> ClauseOutput:
-        """Heads on cached encoder outputs. Unit inputs: (B, U, H+1) features, (B, U) mask, (B, U, 2C) targets;
-        token inputs: (B, T, H) states and (B, T) BIO ids (-100 where not trained)."""
+        """Heads on cached encoder outputs. Unit inputs: (B, U, H+1) features, (B, U) mask, (B, U, 2C) targets,
+        (B, U, L) hashed word n-gram ids when ``config.unit_ngrams`` (0-padded); token inputs: (B, T, H) states and
+        (B, T) BIO ids (-100 where not trained)."""
         unit_logits = token_logits = None
         losses = []
         if unit_features is not None and unit_features.shape[0]:
-            unit_logits = self.unit_head(unit_features)
+            unit_logits = self.unit_head(unit_features, self._lexical(unit_ngrams, unit_features.shape[:2]))
             if unit_labels is not None:
                 pw = torch.full((unit_logits.shape[-1],), self.config.unit_pos_weight, device=unit_logits.device)
                 per = nn.functional.binary_cross_entropy_with_logits(
@@ -266,6 +287,15 @@ class ClauseExtractorModel(PreTrainedModel):
                 )
         loss = torch.stack(losses).sum() if losses else None
         return ClauseOutput(loss=loss, unit_logits=unit_logits, token_logits=token_logits)
+
+    def _lexical(self, ngrams: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """(B, U, hidden) mean embedding of each unit's word n-grams, or None when the model has no lexicon."""
+        if self.unit_lexicon is None:
+            return None
+        if ngrams is None:
+            raise ValueError("this model reads unit word n-grams (config.unit_ngrams): pass unit_ngrams")
+        flat = ngrams.reshape(-1, ngrams.shape[-1]).to(self.unit_lexicon.weight.device)
+        return self.lexicon_dropout(self.unit_lexicon(flat).view(*shape, -1))
 
     def _per_category_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean over the token categories of each one's loss on its own O/B/I sequence: (B, T, 3C) logits,
@@ -353,11 +383,16 @@ class ClauseExtractorModel(PreTrainedModel):
         return offsets, first, h
 
     # ---------------------------------------------------------------- decoding
+    def unit_ngram_ids(self, text: str, units: list[tuple[int, int]]) -> np.ndarray | None:
+        """The units' hashed word n-grams when the model reads them (``config.unit_ngrams``), else None."""
+        return unit_ngrams(text, units, self.config.unit_ngrams) if self.config.unit_ngrams else None
+
     @torch.no_grad()
-    def unit_probs(self, feats: np.ndarray) -> np.ndarray:
+    def unit_probs(self, feats: np.ndarray, ngrams: np.ndarray | None = None) -> np.ndarray:
         self.eval()
         x = torch.as_tensor(feats, dtype=torch.float32, device=self.device)[None]
-        return torch.sigmoid(self.unit_head(x))[0].float().cpu().numpy()
+        lex = None if ngrams is None else torch.as_tensor(ngrams, dtype=torch.long, device=self.device)[None]
+        return torch.sigmoid(self.unit_head(x, self._lexical(lex, x.shape[:2])))[0].float().cpu().numpy()
 
     def token_inputs(self, text: str, offsets: list[tuple[int, int]], states: np.ndarray) -> np.ndarray:
         """What the token head reads: the encoder's token states, with casing features when configured."""
@@ -438,7 +473,8 @@ class ClauseExtractorModel(PreTrainedModel):
         units, feats = self.unit_features(tokenizer, text)
         offsets, first, states = self.token_features(tokenizer, text)
         token_out = self.token_outputs(self.token_inputs(text, offsets, states), first)
-        return self.decode(units, self.unit_probs(feats), offsets, first, token_out, threshold)
+        probs = self.unit_probs(feats, self.unit_ngram_ids(text, units))
+        return self.decode(units, probs, offsets, first, token_out, threshold)
 
 
 AutoConfig.register(ClauseExtractorConfig.model_type, ClauseExtractorConfig)

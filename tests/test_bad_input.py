@@ -96,6 +96,7 @@ BAD_VALUES = {
     "negative max_train_samples": ("quickstart", ["data.max_train_samples=-10"], "data.max_train_samples must be"),
     "zero max_eval_samples": ("quickstart", ["data.max_eval_samples=0"], "data.max_eval_samples must be"),
     "zero max_train_docs": ("contract_tagging_minilm", ["data.max_train_docs=0"], "data.max_train_docs must be"),
+    "one hash bucket": ("contract_clauses_minilm", ["model.unit_ngrams=1"], "model.unit_ngrams must be 0"),
     "multitask task limit": (
         "contracts_multitask",
         ["tasks.clauses.data.max_train_docs=-1"],

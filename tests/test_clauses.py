@@ -13,6 +13,7 @@ from hf_tune.data.clauses import (
     precision_at_recall,
     precision_recall_curve,
     segment,
+    unit_ngrams,
     unit_targets,
 )
 from hf_tune.data.spans import Span
@@ -264,3 +265,58 @@ def test_unit_features_batched_by_tokens_equal_each_unit_read_alone(tiny_bert):
     one_units, one = model.unit_features(tok, other)
     assert one_units == docs[1][0]
     np.testing.assert_allclose(one, docs[1][1], atol=1e-5)
+
+
+def test_unit_ngrams_hash_words_and_word_pairs_the_same_way_everywhere():
+    text = "Most Favored Nation.  most favored nation terms; Exhibit"
+    b, c = text.index("most"), text.index("Exhibit")
+    units = [(0, 20), (b, c - 1), (c, len(text)), (20, 20)]
+    ids = unit_ngrams(text, units, buckets=1000)
+    assert ids.shape == (4, 7)  # 4 words + 3 pairs is the longest bag
+    assert ((ids >= 0) & (ids < 1000)).all() and (ids[:, :1][:3] >= 1).all()
+    # case and punctuation do not matter: unit 0's bag is the bag of the first three words of unit 1
+    same = unit_ngrams("most favored nation", [(0, 19)], 1000)[0]
+    assert sorted(ids[0][ids[0] > 0]) == sorted(same) and set(same) < set(ids[1])
+    assert (ids[2, 1:] == 0).all() and (ids[3] == 0).all()  # padding; an empty unit is an empty bag
+    np.testing.assert_array_equal(ids, unit_ngrams(text, units, buckets=1000))  # crc32: no per-process salt
+    assert unit_ngrams(text, [(0, 20)], 1000, max_words=2).shape == (1, 3)  # 2 words + 1 pair
+    assert unit_ngrams(text, [], 1000).shape == (0, 1)
+
+
+def _lexical_model(buckets: int):
+    from transformers import BertConfig
+
+    from hf_tune.clause_model import ClauseExtractorConfig, ClauseExtractorModel
+
+    enc = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    cfg = ClauseExtractorConfig(encoder=enc.to_dict(), unit_categories=["MFN"], hidden=8, unit_ngrams=buckets)
+    return ClauseExtractorModel(cfg)
+
+
+def test_the_unit_lexicon_separates_units_whose_embeddings_are_alike(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    text = "The price is most favored. The price is fixed. The price is most favored. The price is fixed."
+    units = [(0, 26), (27, 46), (47, 73), (74, 93)]
+    feats = np.zeros((4, 9), dtype=np.float32)  # the encoder sees no difference between the units
+    labels = torch.tensor([[[1, 1], [0, 0], [1, 1], [0, 0]]], dtype=torch.float32)
+    model = _lexical_model(257)
+    assert model.unit_lexicon.weight.shape == (257, 8) and not model.unit_lexicon.weight[0].any()
+    ngrams = model.unit_ngram_ids(text, units)
+    x, g = torch.as_tensor(feats)[None], torch.as_tensor(ngrams)[None]
+    with pytest.raises(ValueError, match="unit_ngrams"):
+        model(unit_features=x, unit_labels=labels)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    model.train()
+    for _ in range(80):
+        opt.zero_grad()
+        model(unit_features=x, unit_labels=labels, unit_ngrams=g).loss.backward()
+        opt.step()
+    p = model.unit_probs(feats, ngrams)
+    assert p[[0, 2], 1].min() > 0.5 > p[[1, 3], 1].max()
+    model.save_pretrained(tmp_path)  # the lexicon travels with the model and decodes the same after loading
+    again = type(model).from_pretrained(tmp_path)
+    assert again.config.unit_ngrams == 257
+    np.testing.assert_allclose(again.unit_probs(feats, again.unit_ngram_ids(text, units)), p, atol=1e-6)
+    assert _lexical_model(0).unit_lexicon is None and _lexical_model(0).unit_ngram_ids(text, units) is None

@@ -55,8 +55,8 @@ def test_cached_features_equal_the_live_encoder_and_are_reused(tiny_bert, contra
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["model.token_scheme=per_category", "model.token_casing=true"]],
-    ids=["bio", "per_category_casing"],
+    [[], ["model.token_scheme=per_category", "model.token_casing=true"], ["model.unit_ngrams=4096"]],
+    ids=["bio", "per_category_casing", "unit_ngrams"],
 )
 def test_train_evaluate_predict(tiny_bert, contracts_jsonl, tmp_path, capsys, extra):
     run = tmp_path / "run"

@@ -9,6 +9,7 @@ character spans of the same document.
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -135,6 +136,28 @@ def unit_targets(
             c = index[s.category]
             out[inside, 2 * c + 1] = 1.0
             out[inside[0], 2 * c] = 1.0
+    return out
+
+
+_NGRAM_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def unit_ngrams(text: str, units: Sequence[tuple[int, int]], buckets: int, max_words: int = 96) -> np.ndarray:
+    """(n_units, L) hashed ids of each unit's lower-cased word unigrams and bigrams (its first ``max_words``
+    words), in [1, buckets), padded with 0; L is the longest unit's count (at least 1).
+
+    Why: a frozen sentence encoder's mean-pooled embedding blurs the few words that name a clause category
+    ("most favored", "non-solicit", "liquidated damages"); a bag of the unit's words and word pairs beside it
+    gives the unit head those words back. crc32, not Python's salted hash(): the ids must be the same in
+    every process, at training and at prediction."""
+    rows = []
+    for a, b in units:
+        words = _NGRAM_WORD.findall(text[a:b].lower())[:max_words]
+        grams = words + [f"{x} {y}" for x, y in zip(words, words[1:], strict=False)]
+        rows.append([zlib.crc32(g.encode()) % (buckets - 1) + 1 for g in grams])
+    out = np.zeros((len(rows), max([1, *map(len, rows)])), dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
     return out
 
 

@@ -71,6 +71,10 @@ class ClauseModelConfig:
     """Weight of positive unit targets in the BCE loss (about 1% of units are inside a given category)."""
     token_pos_weight: float = 2.0
     """Weight of B-/I- tags against O in the token loss."""
+    unit_ngrams: int = 0
+    """Hash buckets (e.g. 32768) of a bag of each unit's word unigrams and bigrams, embedded and added to the unit
+    head beside the encoder's embedding: the words that name a clause category ("most favored", "non-solicit")
+    that a frozen mean-pooled embedding blurs. 0: off. Costs no encoder time (computed from the text)."""
 
 
 @dataclass
@@ -131,6 +135,8 @@ class ClauseExtractionConfig(BaseConfig):
         m, d = self.model, self.data
         if m.hidden < 2 or m.hidden % 2:
             errors.append(f"model.hidden must be an even number >= 2, got {m.hidden}")
+        if m.unit_ngrams == 1 or m.unit_ngrams < 0:
+            errors.append(f"model.unit_ngrams must be 0 (off) or a number of hash buckets >= 2, got {m.unit_ngrams}")
         if m.context_layers < 0:
             errors.append("model.context_layers must be >= 0")
         if m.segmenter not in SEGMENTERS.names():
@@ -167,6 +173,7 @@ class DocFeatures:
     offsets: list[tuple[int, int]]
     first: list[bool]
     token_states: np.ndarray
+    unit_ngrams: np.ndarray | None = None  # hashed word n-grams per unit (model.unit_ngrams), from the text
 
 
 class ClauseCollator:
@@ -186,6 +193,13 @@ class ClauseCollator:
                 y[i, :m] = torch.as_tensor(f["unit_labels"])
                 mask[i, :m] = 1
             batch |= {"unit_features": x, "unit_labels": y, "unit_mask": mask}
+            if "unit_ngrams" in units[0]:  # 0-padded to the longest bag of the batch (0 is the padding id)
+                longest = max(f["unit_ngrams"].shape[1] for f in units)
+                ids = torch.zeros(len(units), n, longest, dtype=torch.long)
+                for i, f in enumerate(units):
+                    g = torch.as_tensor(f["unit_ngrams"])
+                    ids[i, : g.shape[0], : g.shape[1]] = g
+                batch["unit_ngrams"] = ids
         if tokens:
             n, width = max(len(f["token_features"]) for f in tokens), tokens[0]["token_features"].shape[1]
             per_token = np.asarray(tokens[0]["token_labels"]).shape[1:]  # () for one BIO sequence, (C,) per category
@@ -360,6 +374,7 @@ class ClauseExtractionRecipe(Recipe):
             token_crf=m.token_crf,
             token_scheme=m.token_scheme,
             token_casing=m.token_casing,
+            unit_ngrams=m.unit_ngrams,
         )
 
     def _features(self, docs: list[Document]) -> list[DocFeatures]:
@@ -384,6 +399,8 @@ class ClauseExtractionRecipe(Recipe):
                 n_tok += len(self.tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"])
                 self._save_cached(folder, found[i])
         out = [found[i] for i in range(len(docs))]
+        for f in out:  # from the text, never cached: cheap, and the cache stays the encoder's alone
+            f.unit_ngrams = self._probe.unit_ngram_ids(f.doc.text, f.units)
         if n_tok:
             log(f"encoded {len(docs)} documents: {n_tok:,} tokens in {time.time() - t0:.0f} s")
         return out
@@ -454,7 +471,10 @@ class ClauseExtractionRecipe(Recipe):
         for f in feats:
             y = unit_targets(f.units, f.doc.spans, self.unit_categories)
             for s in range(0, len(f.units) if self.unit_categories else 0, step):
-                items.append({"unit_features": f.unit_features[s : s + step], "unit_labels": y[s : s + step]})
+                item = {"unit_features": f.unit_features[s : s + step], "unit_labels": y[s : s + step]}
+                if f.unit_ngrams is not None:
+                    item["unit_ngrams"] = f.unit_ngrams[s : s + step]
+                items.append(item)
             if self.token_categories and len(f.offsets):
                 items.append(
                     {"token_features": self._token_inputs(self._probe, f), "token_labels": self._token_labels(f)}
@@ -494,7 +514,7 @@ class ClauseExtractionRecipe(Recipe):
         return out
 
     def _outputs(self, f: DocFeatures) -> tuple[np.ndarray, np.ndarray]:
-        return self.model.unit_probs(f.unit_features), self.model.token_outputs(
+        return self.model.unit_probs(f.unit_features, f.unit_ngrams), self.model.token_outputs(
             self._token_inputs(self.model, f), f.first
         )
 
@@ -504,7 +524,7 @@ class ClauseExtractionRecipe(Recipe):
         when this split holds at least MIN_GOLD_TO_TUNE of its gold spans or of its predictions (fewer would
         fit noise); None switches off a category whose predictions cost the micro F1 more than they add."""
         cats = self.unit_categories
-        probs = [self.model.unit_probs(f.unit_features) for f in feats]
+        probs = [self.model.unit_probs(f.unit_features, f.unit_ngrams) for f in feats]
         golds = [list(f.doc.spans) for f in feats]
         counts: dict[str, dict[float | None, tuple[int, int, int]]] = {}
         for i, cat in enumerate(cats):
@@ -562,7 +582,8 @@ class ClauseExtractionRecipe(Recipe):
         model = model or self.model
         pred, cand = [], []
         for f in feats:
-            p, tok = model.unit_probs(f.unit_features), model.token_outputs(self._token_inputs(model, f), f.first)
+            p = model.unit_probs(f.unit_features, f.unit_ngrams)
+            tok = model.token_outputs(self._token_inputs(model, f), f.first)
             pred.append(model.decode(f.units, p, f.offsets, f.first, tok))
             cand.append(model.decode(f.units, p, f.offsets, f.first, tok, threshold=0.05))
         return document_metrics(
@@ -616,7 +637,8 @@ class ClauseExtractionRecipe(Recipe):
         for doc in docs:
             units, feats = model.unit_features(tokenizer, doc.text)
             offsets, first, states = model.token_features(tokenizer, doc.text)
-            p, tok = model.unit_probs(feats), model.token_outputs(model.token_inputs(doc.text, offsets, states), first)
+            p = model.unit_probs(feats, model.unit_ngram_ids(doc.text, units))
+            tok = model.token_outputs(model.token_inputs(doc.text, offsets, states), first)
             pred.append(model.decode(units, p, offsets, first, tok))
             cand.append(model.decode(units, p, offsets, first, tok, threshold=0.05))
         cats = model.config.unit_categories + model.config.token_categories

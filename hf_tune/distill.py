@@ -3,9 +3,9 @@
 :class:`DistillLoss` is a :class:`~hf_tune.trainer.TrainingLoss`: it wraps the kind's own task loss (the hard
 loss on the labels) and adds the head's soft-target loss against the teacher
 (:meth:`hf_tune.heads.Head.distill_loss`), so every single-task kind gets distillation with no ``compute_loss``
-branch. The teacher is loaded through its kind's ``load_model``, kept out of the student's parameters (it is
-never saved or optimised), runs in eval mode under ``torch.no_grad`` and is moved to the student's device on
-first use.
+branch. The teacher is loaded through its kind's ``load_model`` (an hf_tune run's own kind; the student's kind
+for a plain model folder or a Hub id), kept out of the student's parameters (it is never saved or optimised),
+runs in eval mode under ``torch.no_grad`` and is moved to the student's device on first use.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from hf_tune.errors import ConfigError
 from hf_tune.losses import distillation_loss
+from hf_tune.schema import RESOLVED_CONFIG_NAME
 from hf_tune.trainer import LossInputs, ModelLoss, TrainingLoss
 
 InputFn = Callable[[dict[str, Any]], dict[str, Any]]
@@ -102,20 +103,25 @@ class DistillLoss(TrainingLoss):
         return loss
 
 
+_KEY = "techniques.distill.teacher"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model")
+"""Any of these beside a local teacher means it carries its own tokenizer (``AutoTokenizer`` would otherwise build
+a placeholder from config.json alone, whose vocabulary differs from every real one)."""
+
+
 def load_teacher(path: str, student_cfg, student_model, tokenizer=None) -> tuple[torch.nn.Module, InputFn | None]:
     """The teacher model of ``techniques.distill.teacher`` and how to turn the student's inputs into its inputs.
 
-    Refused with the reason: another kind, other labels, another tokenizer (text), a hidden-state match
+    ``path`` is an hf_tune run, model or checkpoint folder (its resolved config names its kind), a plain model
+    folder (config.json and weights, as ``save_pretrained`` writes them) or a Hub id; the last two load through
+    the student kind's own ``load_model`` (``from_pretrained``) and their labels are their config's id2label.
+    Refused with the reason: another kind or head, other labels, another tokenizer (text), a hidden-state match
     between different widths."""
-    from hf_tune.soup import load_ingredient_model
-
-    key = "techniques.distill.teacher"
-    teacher, teacher_cfg, folder = load_ingredient_model(path)
-    if teacher_cfg.task != student_cfg.task:
-        raise ConfigError([f"{key}={path} is a {teacher_cfg.task} model; the student is {student_cfg.task}"])
+    teacher, tokenizer_at = _load_teacher_model(path, student_cfg)
     labels = _labels(student_model)
     if _labels(teacher) != labels:
-        raise ConfigError([f"{key}={path}: its labels {_labels(teacher)} differ from the student's {labels}"])
+        hint = "" if _is_run_folder(Path(path)) else "; a model folder's or Hub id's labels are its config's id2label"
+        raise ConfigError([f"{_KEY}={path}: its labels {_labels(teacher)} differ from the student's {labels}{hint}"])
     hidden = student_cfg.techniques.distill.hidden_weight
     if student_cfg.modality() == "image":
         if hidden:
@@ -125,7 +131,7 @@ def load_teacher(path: str, student_cfg, student_model, tokenizer=None) -> tuple
         return teacher, None if same else (
             lambda x: {**x, "pixel_values": renormalize_images(x["pixel_values"], s_cfg, t_cfg)}
         )
-    _check_tokenizer(key, path, folder, tokenizer)
+    _check_tokenizer(path, tokenizer_at, tokenizer)
     if hidden and teacher.config.hidden_size != student_model.config.hidden_size:
         raise ConfigError(
             [
@@ -136,22 +142,108 @@ def load_teacher(path: str, student_cfg, student_model, tokenizer=None) -> tuple
     return teacher, None
 
 
+def _load_teacher_model(path: str, student_cfg) -> tuple[torch.nn.Module, str]:
+    """The teacher and where its tokenizer is (its folder, or the Hub id)."""
+    if _is_run_folder(Path(path)):
+        return _load_run_teacher(path, student_cfg)
+    return _load_plain_teacher(path, student_cfg)
+
+
+def _is_run_folder(p: Path) -> bool:
+    """An hf_tune run, model or checkpoint folder (its resolved config says the kind), as opposed to a plain model
+    folder or a Hub id. A folder with neither config.json nor a resolved config counts as a run folder, so its
+    error is the run loader's (an interrupted run, no finished model/)."""
+    if not p.is_dir():
+        return False
+    if not (p / "config.json").is_file():
+        return True
+    in_run = p.name.startswith("checkpoint-") and (p.parent / RESOLVED_CONFIG_NAME).is_file()
+    return (p / RESOLVED_CONFIG_NAME).is_file() or in_run
+
+
+def _load_run_teacher(path: str, student_cfg) -> tuple[torch.nn.Module, str]:
+    from hf_tune.soup import load_ingredient_model
+
+    try:
+        teacher, teacher_cfg, folder = load_ingredient_model(path)
+    except FileNotFoundError as exc:
+        raise ConfigError([f"{_KEY}: {exc}; or a model folder holding config.json and weights"]) from exc
+    if teacher_cfg.task != student_cfg.task:
+        raise ConfigError([f"{_KEY}={path} is a {teacher_cfg.task} model; the student is {student_cfg.task}"])
+    return teacher, str(folder)
+
+
+def _load_plain_teacher(path: str, student_cfg) -> tuple[torch.nn.Module, str]:
+    """A plain model folder or Hub id, loaded by the student kind's ``load_model`` once its config shows a model
+    of the student's modality. Refused when its config names another head class: from_pretrained would start the
+    kind's head untrained, and a random teacher teaches nothing."""
+    from transformers import AutoConfig, TimmWrapperConfig
+
+    from hf_tune.recipes import RECIPES
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError([_unloadable(path, exc)]) from exc
+    if isinstance(config, TimmWrapperConfig) != (student_cfg.modality() == "image"):
+        raise ConfigError(
+            [
+                f"{_KEY}={path} is a {config.model_type} model; a {student_cfg.task} student needs a "
+                f"{'timm image' if student_cfg.modality() == 'image' else 'text'} model as its teacher"
+            ]
+        )
+    try:
+        teacher = RECIPES.get(student_cfg.task).load_model(Path(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError([_unloadable(path, exc)]) from exc
+    named = list(config.architectures or [])  # timm Hub configs name none: their head always loads
+    if named and type(teacher).__name__ not in named:
+        raise ConfigError(
+            [
+                f"{_KEY}={path}: its config names {named}, not the {type(teacher).__name__} a {student_cfg.task} "
+                f"student needs, so its head would start untrained; give a model fine-tuned for this task"
+            ]
+        )
+    return teacher, path
+
+
+def _unloadable(path: str, exc: Exception) -> str:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if Path(path).exists():
+        return f"{_KEY}={path}: not a loadable model folder ({reason})"
+    return (
+        f"{_KEY}={path}: no such folder (relative to {Path.cwd()}), and from_pretrained could not load it as a "
+        f"Hugging Face Hub id ({reason}); give an hf_tune run folder, a model folder or a reachable Hub id"
+    )
+
+
 def _labels(model) -> list[str]:
     cfg = model.config
     return [cfg.id2label[i] for i in range(cfg.num_labels)] if getattr(cfg, "id2label", None) else []
 
 
-def _check_tokenizer(key: str, path: str, folder: Path, tokenizer) -> None:
+def _check_tokenizer(path: str, tokenizer_at: str, tokenizer) -> None:
     """Text teacher and student must read the same token ids (the teacher sees the student's input_ids)."""
     from transformers import AutoTokenizer
 
     if tokenizer is None:
         return
-    theirs = AutoTokenizer.from_pretrained(str(folder))
+    local = Path(tokenizer_at)
+    if local.is_dir() and not any((local / f).is_file() for f in _TOKENIZER_FILES):
+        raise ConfigError(
+            [
+                f"{_KEY}={path}: no tokenizer beside the teacher (none of {', '.join(_TOKENIZER_FILES)}); save its "
+                f"tokenizer there (tokenizer.save_pretrained) so it can be checked against the student's"
+            ]
+        )
+    try:
+        theirs = AutoTokenizer.from_pretrained(tokenizer_at)
+    except (OSError, ValueError) as exc:
+        raise ConfigError([f"{_KEY}={path}: its tokenizer does not load ({exc})"]) from exc
     if theirs.get_vocab() != tokenizer.get_vocab():
         raise ConfigError(
             [
-                f"{key}={path}: its tokenizer differs from the student's (other vocabulary); distil between models "
+                f"{_KEY}={path}: its tokenizer differs from the student's (other vocabulary); distil between models "
                 f"that share a tokenizer, e.g. a smaller model of the same family or model.num_layers"
             ]
         )

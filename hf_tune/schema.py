@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -262,6 +263,16 @@ class SwaConfig:
         return out
 
 
+_HUB_ID = re.compile(r"(?:\w[\w.-]*/)?\w[\w.-]*")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """``name`` or ``org/name`` as the Hugging Face Hub spells repository ids (word characters, ``-`` and ``.``; no
+    ``--`` or ``..``). Paths (``./x``, ``/x``, ``a/b/c``) are not: a missing one is an error before anything loads,
+    while a Hub id is only known to exist once ``from_pretrained`` reaches the Hub."""
+    return bool(_HUB_ID.fullmatch(name)) and "--" not in name and ".." not in name
+
+
 @dataclass
 class DistillConfig:
     """Knowledge distillation: a trained teacher's softened outputs train this model (the student) along with
@@ -270,7 +281,9 @@ class DistillConfig:
     text, the same tokenizer). Images are re-normalised (and resized) to the teacher's preprocessing."""
 
     teacher: str | None = None
-    """The teacher: an hf_tune run folder or model folder (or a checkpoint); null: no distillation."""
+    """The teacher: an hf_tune run folder, its model/ or a checkpoint; a plain model folder (config.json and
+    weights, as save_pretrained writes; its labels are its id2label); or a Hub id (org/name); null: no
+    distillation."""
     temperature: float = 2.0
     """T: softens both distributions so the teacher's ranking of the wrong classes carries signal."""
     alpha: float = 0.5
@@ -287,8 +300,11 @@ class DistillConfig:
             out.append(f"{prefix}.alpha must be in [0, 1], got {self.alpha}")
         if self.hidden_weight < 0:
             out.append(f"{prefix}.hidden_weight must be >= 0, got {self.hidden_weight}")
-        if self.teacher is not None and not Path(self.teacher).exists():
-            out.append(f"{prefix}.teacher={self.teacher}: no such run or model folder")
+        if self.teacher is not None and not Path(self.teacher).exists() and not _looks_like_hub_id(self.teacher):
+            out.append(
+                f"{prefix}.teacher={self.teacher}: no such run or model folder (relative to {Path.cwd()}) and not a "
+                f"Hub id (org/name); give an hf_tune run folder, a model folder or a Hub model id"
+            )
         return out
 
 

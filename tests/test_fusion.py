@@ -398,6 +398,261 @@ def test_shallower_text_student_distils_from_its_teacher(tiny_bert, tmp_path, ca
     assert main(["evaluate", str(student), f"data.path={data}"]) == 0
 
 
+def test_distill_teacher_is_a_folder_or_a_hub_id_before_anything_loads(tmp_path):
+    from hf_tune.config import load_config
+    from hf_tune.errors import ConfigError
+    from hf_tune.schema import DistillConfig
+
+    for fine in ("org/teacher-model", "bert-base-uncased", "timm/resnet18.a1_in1k", str(tmp_path)):
+        assert DistillConfig(teacher=fine).errors() == [], fine
+    for bad in ("./missing/teacher", str(tmp_path / "missing" / "teacher"), "runs/a/model", "~/teacher"):
+        errors = DistillConfig(teacher=bad).errors()
+        assert len(errors) == 1 and errors[0].startswith(f"techniques.distill.teacher={bad}: no such"), errors
+        assert "Hub id" in errors[0]
+    with pytest.raises(ConfigError, match=r"techniques\.distill\.teacher=\./missing/teacher"):
+        load_config(["recipe=quickstart", "techniques.distill.teacher=./missing/teacher"])
+
+
+def test_distill_hidden_loss_counts_and_num_layers_keeps_the_teachers_layers_bit_for_bit(tmp_path):
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    from hf_tune.distill import DistillLoss, hidden_state_loss
+    from hf_tune.heads import HEADS
+    from hf_tune.modeling import load_pretrained
+    from hf_tune.trainer import LogitsLoss, LossInputs
+
+    torch.manual_seed(0)
+    id2label = {0: "a", 1: "b"}
+    names = {"num_labels": 2, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        hidden_dropout_prob=0.0,  # the two losses below must see the same forward
+        attention_probs_dropout_prob=0.0,
+        initializer_range=0.5,  # layers that change the states a lot: the hidden term is far above float noise
+        **names,
+    )
+    teacher = BertForSequenceClassification(config).eval()
+    teacher.save_pretrained(tmp_path / "teacher")
+    teacher_sd = teacher.state_dict()
+    for pick, kept in (("spread", [0, 2]), ("first", [0, 1])):
+        student = load_pretrained(
+            AutoModelForSequenceClassification, str(tmp_path / "teacher"), num_layers=2, layer_pick=pick, **names
+        )
+        assert len(student.bert.encoder.layer) == 2 and student.config.num_hidden_layers == 2
+        for key, value in student.state_dict().items():
+            source = key
+            if key.startswith("bert.encoder.layer."):
+                i = int(key.split(".")[3])
+                source = key.replace(f"bert.encoder.layer.{i}.", f"bert.encoder.layer.{kept[i]}.", 1)
+            assert torch.equal(value, teacher_sd[source]), (pick, key, source)  # embeddings and head too
+
+    student.train()  # the teacher's terms apply to training batches only
+    inputs = {"input_ids": torch.randint(5, 40, (3, 7)), "attention_mask": torch.ones(3, 7, dtype=torch.long)}
+    inputs["attention_mask"][0, 4:] = 0
+    labels = torch.tensor([0, 1, 1])
+
+    def total(hidden_weight: float):
+        loss = DistillLoss(
+            LogitsLoss(F.cross_entropy),
+            HEADS.get("single_label"),
+            teacher,
+            temperature=2.0,
+            alpha=0.5,
+            hidden_weight=hidden_weight,
+        )
+        out = loss.run_model(student, dict(inputs), labels)
+        return loss(LossInputs(out.logits, labels, out, inputs, student)), out
+
+    without, out0 = total(0.0)
+    with_hidden, out1 = total(0.5)
+    assert out0.hidden_states is None  # hidden_weight=0 does not even ask for them
+    with torch.no_grad():
+        teacher_last = teacher(**inputs, output_hidden_states=True).hidden_states[-1]
+    expected = 0.5 * hidden_state_loss(out1.hidden_states[-1].detach(), teacher_last, inputs["attention_mask"]).item()
+    assert expected > 0.01
+    assert (with_hidden - without).item() == pytest.approx(expected, rel=1e-5)
+    (with_hidden - without).backward()  # the hidden term alone: it trains the student and leaves the teacher be
+    assert float(student.bert.encoder.layer[1].output.dense.weight.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+@pytest.mark.slow
+def test_distill_hub_teacher_goes_through_from_pretrained_and_fails_clearly(
+    tiny_image_args, tmp_path, capsys, monkeypatch
+):
+    from transformers import AutoConfig
+
+    from hf_tune.recipes import RECIPES
+
+    calls, original = [], AutoConfig.from_pretrained
+
+    def spy(name, *args, **kwargs):
+        calls.append(str(name))
+        return original(name, *args, **kwargs)
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", spy)
+    name = "hf-tune-tests/no-such-teacher"  # offline in tests (conftest): the Hub answers nothing
+    student = tmp_path / "student"
+    assert main(_image(tiny_image_args, student, f"techniques.distill.teacher={name}")) == 2
+    err = capsys.readouterr().err
+    assert name in calls
+    assert f"techniques.distill.teacher={name}: no such folder" in err and "Hugging Face Hub id" in err
+    assert not (student / "model").exists()
+    for kind in ("image_classification", "text_classification", "token_classification"):
+        with pytest.raises(OSError, match="huggingface.co"):  # each kind's loader hands a Hub id to from_pretrained
+            RECIPES.get(kind).load_model(Path(name))
+
+
+@pytest.mark.slow
+def test_distill_from_a_plain_image_model_folder(tiny_image_args, tmp_path, capsys):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hf_tune.modeling import build_timm_classifier
+
+    plain = tmp_path / "plain"  # what save_pretrained writes: no resolved_config.yaml, other preprocessing
+    build_timm_classifier("test_resnet", 2, {0: "top", 1: "bottom"}, image_size=48).save_pretrained(plain)
+    assert sorted(p.name for p in plain.iterdir()) == ["config.json", "model.safetensors"]
+    student = tmp_path / "student"
+    labels = "data.labels=[top,bottom]"
+    assert main(_image(tiny_image_args, student, labels, f"techniques.distill.teacher={plain}")) == 0
+    assert f"distillation from {plain}" in capsys.readouterr().err
+    assert not any("teacher" in k for k in load_file(str(student / "model" / "model.safetensors")))
+
+    other = tmp_path / "other"
+    build_timm_classifier("test_resnet", 2, {0: "cat", 1: "dog"}, image_size=32).save_pretrained(other)
+    assert main(_image(tiny_image_args, tmp_path / "bad", labels, f"techniques.distill.teacher={other}")) == 2
+    err = capsys.readouterr().err
+    assert "['cat', 'dog'] differ from the student's ['top', 'bottom']" in err and "id2label" in err
+
+    text = tmp_path / "text"
+    BertForSequenceClassification(
+        BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    ).save_pretrained(text)
+    assert main(_image(tiny_image_args, tmp_path / "bad", labels, f"techniques.distill.teacher={text}")) == 2
+    assert f"techniques.distill.teacher={text} is a bert model" in capsys.readouterr().err
+
+
+def _text_rows(path: Path) -> Path:
+    rows = [{"text": f"clause {i} on {'payment' if i % 2 else 'termination'} terms"} for i in range(40)]
+    path.write_text("".join(json.dumps({**r, "label": r["text"].split()[3]}) + "\n" for r in rows))
+    return path
+
+
+def _text(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "recipe=clause_type_minilm",
+        f"data.path={data}",
+        "data.format=jsonl",
+        "data.labels=[payment,termination]",
+        "training.max_steps=2",
+        "training.eval_strategy=no",
+        "training.save_strategy=no",
+        "techniques.loss.class_weights=null",
+        f"training.output_dir={out}",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_distill_from_a_plain_text_model_folder_and_what_it_refuses(tiny_bert, tmp_path, capsys):
+    import shutil
+
+    from transformers import AutoTokenizer, BertForSequenceClassification, BertForTokenClassification
+
+    data = _text_rows(tmp_path / "texts.jsonl")
+    names = {"num_labels": 2, "id2label": {0: "payment", 1: "termination"}}
+    plain = tmp_path / "plain"
+    BertForSequenceClassification.from_pretrained(tiny_bert, **names).save_pretrained(plain)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(plain)
+    student = tmp_path / "student"
+    extra = [f"model.name={tiny_bert}", f"techniques.distill.teacher={plain}", "techniques.distill.hidden_weight=1.0"]
+    assert main(_text(data, student, *extra)) == 0
+    assert f"distillation from {plain}" in capsys.readouterr().err
+    assert (student / "model" / "model.safetensors").is_file()
+
+    bare = tmp_path / "bare"  # weights without the tokenizer: nothing to check the student's against
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(plain / f, bare / f)
+    assert main(_text(data, tmp_path / "bad", f"model.name={tiny_bert}", f"techniques.distill.teacher={bare}")) == 2
+    assert f"techniques.distill.teacher={bare}: no tokenizer beside the teacher" in capsys.readouterr().err
+
+    tagger = tmp_path / "tagger"  # another head: from_pretrained would start a sequence head untrained
+    BertForTokenClassification.from_pretrained(tiny_bert, **names).save_pretrained(tagger)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tagger)
+    assert main(_text(data, tmp_path / "bad", f"model.name={tiny_bert}", f"techniques.distill.teacher={tagger}")) == 2
+    err = capsys.readouterr().err
+    assert "names ['BertForTokenClassification'], not the BertForSequenceClassification" in err
+
+
+@pytest.mark.slow
+def test_distill_text_teacher_with_another_tokenizer_is_refused(tiny_bert, tmp_path, capsys):
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "clause", "on", "terms", "pay", "##ment", "termination"]
+    other = tmp_path / "other_bert"  # a BERT of its own small vocabulary: its token ids mean other words
+    BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(other)
+    config = BertConfig(
+        vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    BertModel(config).save_pretrained(other)
+    data = _text_rows(tmp_path / "texts.jsonl")
+    teacher = tmp_path / "teacher"
+    assert main(_text(data, teacher, f"model.name={other}")) == 0
+    capsys.readouterr()
+    assert (
+        main(_text(data, tmp_path / "student", f"model.name={tiny_bert}", f"techniques.distill.teacher={teacher}")) == 2
+    )
+    assert f"techniques.distill.teacher={teacher}: its tokenizer differs from the student's" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["bio", "multilabel"])
+def test_token_classification_distillation_end_to_end(tiny_bert, contracts_jsonl, tmp_path, capsys, scheme):
+    def args(out: Path, *extra: str) -> list[str]:
+        return [
+            "train",
+            "recipe=contract_tagging_minilm",
+            f"data.path={contracts_jsonl}",
+            f"data.scheme={scheme}",
+            "data.window=32",
+            "data.stride=15",
+            "data.negative_window_keep=1.0",
+            "data.split_ratios=[0.75,0.25,0.0]",
+            f"training.output_dir={out}",
+            "training.max_steps=3",
+            "training.save_strategy=no",
+            "training.logging_steps=1",
+            "training.per_device_train_batch_size=8",
+            "training.disable_tqdm=true",
+            *extra,
+        ]
+
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    assert main(args(teacher, f"model.name={tiny_bert}")) == 0
+    extra = [
+        f"model.name={teacher}",  # DistilBERT-style: the student starts from the teacher's own layers
+        "model.num_layers=1",
+        f"techniques.distill.teacher={teacher}",
+        "techniques.distill.hidden_weight=1.0",
+        "techniques.distill.alpha=0.3",
+    ]
+    assert main(args(student, *extra)) == 0
+    assert f"distillation from {teacher}" in capsys.readouterr().err
+    assert json.loads((student / "model" / "config.json").read_text())["num_hidden_layers"] == 1
+    weights = load_file(str(student / "model" / "model.safetensors"))
+    assert not any("teacher" in k for k in weights) and not any(".layer.1." in k for k in weights)
+    losses = [h["loss"] for h in json.loads((student / "model" / "log_history.json").read_text()) if "loss" in h]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert main(["evaluate", str(student), f"data.path={contracts_jsonl}"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out.strip().splitlines()[-1])["span_f1_micro"] <= 1
+
+
 @pytest.mark.slow
 def test_ewc_estimates_and_saves_the_earlier_tasks_fisher_and_pulls_toward_it(tiny_bert, tmp_path, capsys):
     first = tmp_path / "a.jsonl"

@@ -645,6 +645,8 @@ class Recipe:
     # ---------------------------------------------------------------- saved-model entry points
     @classmethod
     def load_model(cls, model_dir: Path):
+        """The kind's model saved in ``model_dir`` (its ``from_pretrained``). A distillation teacher given as a
+        Hub id arrives here as ``Path(hub_id)``: read local files only when they exist."""
         raise NotImplementedError
 
     def eval_dataset(self, split: str, model_dir: Path) -> tuple[str, Any]:

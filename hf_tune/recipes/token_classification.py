@@ -499,7 +499,8 @@ class TokenClassificationRecipe(Recipe):
         from transformers import AutoModelForTokenClassification
         from transformers.utils import logging as hf_logging
 
-        crf_labels = json.loads((model_dir / "config.json").read_text()).get(CRF_CONFIG_KEY)
+        config_file = Path(model_dir) / "config.json"  # absent for a Hub id (a distillation teacher): no CRF
+        crf_labels = json.loads(config_file.read_text()).get(CRF_CONFIG_KEY) if config_file.is_file() else None
         verbosity = hf_logging.get_verbosity()
         if crf_labels:  # the CRF's weights are in the file but not in the transformers class: no warning for them
             hf_logging.set_verbosity_error()

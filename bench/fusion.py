@@ -12,12 +12,16 @@ Row groups (``--rows``):
   (every other layer of the packaged MiniLM) alone and distilled, with parameters and inference examples/s;
 - ``wise``: WiSE-FT alpha sweep of the clause-type teacher (``hf-tune interpolate alpha=sweep``) on val;
 - ``forgetting``: task A = pneumonia (the base run), task B = scikit-learn digits fine-tuned from A with no
-  anchor, L2-SP and EWC; A's val accuracy after B (A's head on B's backbone) and B's accuracy;
+  anchor, L2-SP and EWC, and with no anchor and EWC 1e4 with A's BatchNorm statistics kept
+  (``techniques.anchor.freeze_bn_stats``); A's val accuracy after B (A's head on B's backbone) and B's accuracy.
+  ``--anchors`` runs some of these rows only, ``--base`` reuses a finished base run (else the soup's, else one is
+  trained);
 - ``l2sp_small``: clause type on ``--small-share`` of the training clauses, with and without L2-SP.
 
 Metrics are on the validation splits (PneumoniaMNIST's official val split; the clause-type recipe's carved val
 split of the training contracts). Usage: python bench/fusion.py [--rows soup swa ...] [--pneumonia NPZ]
-[--cuad JSONL] [--ingredients 4] [--ft-epochs 3] [--text-steps 300]
+[--cuad JSONL] [--ingredients 4] [--ft-epochs 3] [--text-steps 300] [--anchors none ewc_10000_bn_frozen ...]
+[--base RUN]
 """
 
 from __future__ import annotations
@@ -37,6 +41,17 @@ from data_paths import CUAD, PNEUMONIA, require  # noqa: E402
 ROW_GROUPS = ("soup", "swa", "distill_image", "distill_text", "wise", "forgetting", "l2sp_small")
 IMAGE_KEYS = ("accuracy", "roc_auc", "f1_macro")
 TEXT_KEYS = ("accuracy", "f1_macro", "f1_weighted")
+EWC = ["techniques.anchor.method=ewc", "techniques.anchor.fisher_samples=256"]
+FREEZE_BN = ["techniques.anchor.freeze_bn_stats=true"]
+FORGETTING_ANCHORS = {
+    "none": [],
+    **{f"l2sp_{a}": ["techniques.anchor.method=l2sp", f"techniques.anchor.strength={a}"] for a in (0.01, 0.1, 1)},
+    **{f"ewc_{a:g}": [*EWC, f"techniques.anchor.strength={a:g}"] for a in (1e2, 1e4, 1e6)},
+    # A's BatchNorm statistics kept through B's training: what EWC had forgotten through (docs/benchmarks.md)
+    "none_bn_frozen": FREEZE_BN,
+    "ewc_10000_bn_frozen": [*EWC, "techniques.anchor.strength=10000", *FREEZE_BN],
+}
+"""forgetting rows: B's training settings by row name (``--anchors``)."""
 
 
 def cli(*args: str) -> tuple[dict, float]:
@@ -64,9 +79,14 @@ def row(name: str, **values) -> None:
 IMAGE_QUIET = ["training.save_strategy=no", "training.eval_strategy=no"]
 
 
-def soup_rows(tmp: Path, npz: Path, n: int, epochs: int) -> tuple[Path, float, Path]:
+def base_run(tmp: Path, npz: Path) -> tuple[Path, float]:
+    """``pneumonia_resnet18`` from scratch: the soup ingredients' start and the forgetting rows' task A."""
     base = tmp / "base"
-    base_minutes = train(base, "pneumonia_resnet18", npz, *IMAGE_QUIET)
+    return base, train(base, "pneumonia_resnet18", npz, *IMAGE_QUIET)
+
+
+def soup_rows(tmp: Path, npz: Path, n: int, epochs: int) -> tuple[Path, float, Path]:
+    base, base_minutes = base_run(tmp, npz)
     row("soup_base_run", **evaluate(base, npz, IMAGE_KEYS), train_minutes=base_minutes)
     variants = [
         ["training.learning_rate=1e-3"],
@@ -215,16 +235,11 @@ def graft_score(a: Path, b: Path, npz: Path) -> dict:
     return evaluate(out, npz, IMAGE_KEYS)
 
 
-def forgetting_rows(tmp: Path, npz: Path, base: Path) -> None:
+def forgetting_rows(tmp: Path, npz: Path, base: Path, names: list[str]) -> None:
     digits = ["data.labels=null", "training.num_train_epochs=3", *IMAGE_QUIET]
     row("forgetting_task_a_before", **evaluate(base, npz, IMAGE_KEYS))
-    anchors = [("none", [])]
-    anchors += [
-        (f"l2sp_{a}", ["techniques.anchor.method=l2sp", f"techniques.anchor.strength={a}"]) for a in (0.01, 0.1, 1)
-    ]
-    ewc = ["techniques.anchor.method=ewc", "techniques.anchor.fisher_samples=256"]
-    anchors += [(f"ewc_{a:g}", [*ewc, f"techniques.anchor.strength={a:g}"]) for a in (1e2, 1e4, 1e6)]
-    for name, extra in anchors:
+    for name in names:
+        extra = FORGETTING_ANCHORS[name]
         run = tmp / f"task_b_{name}"
         minutes = train(run, "pneumonia_resnet18", Path("sklearn:digits"), f"model.name={base}", *digits, *extra)
         b = evaluate(run, Path("sklearn:digits"), ("accuracy",))
@@ -263,6 +278,8 @@ def main() -> None:
     ap.add_argument("--text-steps", type=int, default=300)
     ap.add_argument("--small-share", type=float, default=0.1)
     ap.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    ap.add_argument("--anchors", nargs="*", default=list(FORGETTING_ANCHORS), choices=list(FORGETTING_ANCHORS))
+    ap.add_argument("--base", type=Path, default=None, help="forgetting: a finished pneumonia_resnet18 run as task A")
     a = ap.parse_args()
     tmp = a.work or Path(tempfile.mkdtemp(prefix="hf_tune_bench_fusion_"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -271,14 +288,16 @@ def main() -> None:
     npz = require(a.pneumonia, "pneumoniamnist") if image else None
     cuad = require(a.cuad, "cuad") if text else None
     base = base_minutes = teacher = None
-    if {"soup", "distill_image", "forgetting"} & set(a.rows):
+    if {"soup", "distill_image"} & set(a.rows):
         base, base_minutes, teacher = soup_rows(tmp, npz, a.ingredients, a.ft_epochs)
+    elif "forgetting" in a.rows and a.base is None:
+        base, base_minutes = base_run(tmp, npz)
     if "swa" in a.rows:
         swa_rows(tmp, npz, base, base_minutes)
     if "distill_image" in a.rows:
         distill_image_rows(tmp, npz, teacher)
     if "forgetting" in a.rows:
-        forgetting_rows(tmp, npz, base)
+        forgetting_rows(tmp, npz, a.base or base, a.anchors)
     if {"distill_text", "wise"} & set(a.rows):
         text_rows(tmp, cuad, a.text_steps, a.rows)
     if "l2sp_small" in a.rows:

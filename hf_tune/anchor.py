@@ -5,6 +5,9 @@ earlier task's run for EWC), instead of toward zero as weight decay does. EWC sc
 diagonal Fisher information on the earlier task, estimated from per-example gradients of that task's training
 data and saved beside its model (``fisher.safetensors``) so later runs reuse it. The math is
 :func:`hf_tune.losses.anchor_penalty`.
+
+The penalties reach parameters only. BatchNorm running statistics are buffers that every training forward
+overwrites with the new task's statistics, so ``freeze_bn_stats`` keeps them (:class:`FreezeBatchNormStats`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from hf_tune.errors import ConfigError
 from hf_tune.losses import anchor_penalty
@@ -87,6 +91,58 @@ def build_anchor_penalty(model: torch.nn.Module, cfg, model_name: str) -> Anchor
     n_params = sum(p.numel() for _, p in named)
     log(f"anchor: {a.method}, strength {a.strength}, {len(named)} tensors ({n_params:,} weights) pulled to their start")
     return AnchorPenalty(named, anchors, a.strength, fisher)
+
+
+# ---------------------------------------------------------------------------------------------- BatchNorm
+
+
+def batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def _eval_mode(module: torch.nn.Module, args: Any) -> None:
+    module.eval()
+
+
+class FreezeBatchNormStats(TrainerCallback):
+    """BatchNorm layers run in eval mode during training: they normalise with the running statistics the model
+    started with and leave them (and ``num_batches_tracked``) untouched, while their scale and shift train.
+
+    A forward pre-hook on each BatchNorm layer, because Trainer puts the whole model back in train mode at every
+    training step, after every callback. The hooks live from ``on_train_begin`` to ``on_train_end`` only, so the
+    model is an ordinary one afterwards (and the saved folder is unchanged in format)."""
+
+    def __init__(self) -> None:
+        self._handles: list[Any] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._remove()
+        self._handles = [m.register_forward_pre_hook(_eval_mode) for m in batchnorm_layers(model)]
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._remove()
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def build_batchnorm_freeze(model: torch.nn.Module, freeze_bn_stats: bool) -> FreezeBatchNormStats | None:
+    """The callback of ``techniques.anchor.freeze_bn_stats`` for ``model``; a model without BatchNorm is refused
+    (the setting would do nothing there: LayerNorm keeps no running statistics)."""
+    if not freeze_bn_stats:
+        return None
+    layers = batchnorm_layers(model)
+    if not layers:
+        raise ConfigError(
+            [
+                f"techniques.anchor.freeze_bn_stats: this model ({type(model).__name__}) has no BatchNorm layers, so "
+                "there are no running statistics to keep (LayerNorm has none); drop the setting"
+            ]
+        )
+    log(f"anchor: the running statistics of {len(layers)} BatchNorm layers stay as the model started (eval mode)")
+    return FreezeBatchNormStats()
 
 
 # ---------------------------------------------------------------------------------------------- Fisher

@@ -313,7 +313,8 @@ class AnchorConfig:
     """Anti-forgetting: a penalty that pulls the trained weights toward the weights training started from,
     instead of toward zero. l2sp: ``strength / 2 * sum (w - w0)^2`` (Li et al. 2018, L2-SP); ewc: the same, each
     weight scaled by its Fisher information on the earlier task (Kirkpatrick et al. 2017), so weights that
-    mattered for it move least. Use with model.name = the earlier run (or a pretrained model for l2sp)."""
+    mattered for it move least. Use with model.name = the earlier run (or a pretrained model for l2sp). The
+    penalties anchor parameters only; BatchNorm running statistics are buffers, kept by freeze_bn_stats."""
 
     method: Literal["none", "l2sp", "ewc"] = "none"
     strength: float = 0.01
@@ -324,6 +325,11 @@ class AnchorConfig:
     """EWC: a fisher.safetensors; null: the one beside model.name's model, estimated there first if missing."""
     fisher_samples: int = 256
     """EWC: training examples of the earlier task whose squared log-likelihood gradients estimate the Fisher."""
+    freeze_bn_stats: bool = False
+    """Keep the BatchNorm running statistics the model starts with: BatchNorm layers run in eval mode while
+    training (they normalise with the earlier task's statistics and never update them; their scale and shift
+    still train). Works with any method, none included; refused for a model without BatchNorm and with
+    techniques.swa (which recomputes the statistics)."""
 
     def errors(self, prefix: str = "techniques.anchor") -> list[str]:
         out = []
@@ -358,7 +364,7 @@ class TechniquesConfig:
         on = {
             "swa": self.swa.enabled,
             "distill": self.distill.teacher is not None,
-            "anchor": self.anchor.method != "none",
+            "anchor": self.anchor.method != "none" or self.anchor.freeze_bn_stats,
         }
         return [k for k, v in on.items() if v]
 
@@ -715,6 +721,11 @@ class BaseConfig:
             errors.append("techniques.swa and training.load_best_model_at_end both choose the final weights")
         if tech.anchor.method != "none" and tech.lora.enabled:
             errors.append("techniques.anchor: LoRA keeps the base weights where they are already; drop one of them")
+        if tech.anchor.freeze_bn_stats and tech.swa.enabled:
+            errors.append(
+                "techniques.anchor.freeze_bn_stats keeps the BatchNorm statistics fixed, but techniques.swa recomputes "
+                "them on this run's training data when training ends: drop one of them"
+            )
         if tech.calibration.enabled:
             errors += tech.calibration.errors()
         return errors + self.search.errors() + self.speed.errors()

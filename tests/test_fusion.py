@@ -140,6 +140,115 @@ def test_swa_callback_averages_exactly_the_snapshots_it_took():
     assert torch.allclose(model.weight, torch.stack(snapshots).mean(0))
 
 
+def _tiny_timm(seed: int = 0):
+    from hf_tune.modeling import build_timm_classifier
+
+    torch.manual_seed(seed)
+    return build_timm_classifier("test_resnet", 2, {0: "a", 1: "b"}, image_size=32)
+
+
+def _image_batches(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)  # off-centre inputs: statistics far from BatchNorm's 0 / 1 start
+    return [
+        {"pixel_values": 2.0 * torch.randn(4, 3, 32, 32, generator=gen) + 1.0, "labels": torch.tensor([0, 1, 0, 1])}
+        for _ in range(n)
+    ]
+
+
+def _bn_stats(state) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+
+def test_swa_recomputes_a_timm_models_batchnorm_statistics_on_the_training_batches():
+    from types import SimpleNamespace
+
+    from hf_tune.callbacks import SwaCallback
+
+    model = _tiny_timm()
+    cb = SwaCallback(start=2, interval=1, bn_batches=2)
+    state = SimpleNamespace(max_steps=4, global_step=0, is_world_process_zero=True)
+    cb.on_train_begin(None, state, None, model=model)
+    snapshots = []
+    for step, batch in enumerate(_image_batches(4, seed=1), start=1):
+        model.train()
+        model(pixel_values=batch["pixel_values"])  # a training forward: moves the running statistics
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))  # "the optimizer step"
+        state.global_step = step
+        cb.on_step_end(None, state, None, model=model)
+        if step >= 2:
+            snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    live = _bn_stats(model.state_dict())
+    loader = _image_batches(3, seed=2)
+    cb.on_train_end(None, state, None, model=model, train_dataloader=loader)
+
+    averaged = average_states(snapshots)  # weights and buffers, as a naive average would leave them
+    expected = _tiny_timm()
+    expected.load_state_dict(averaged)
+    torch.optim.swa_utils.update_bn([b["pixel_values"] for b in loader[:2]], expected)  # bn_batches=2
+    got, want = model.state_dict(), expected.state_dict()
+    for name, _ in model.named_parameters():
+        assert torch.allclose(got[name], averaged[name], atol=1e-6), name
+    stats = _bn_stats(got)
+    assert stats and not model.training
+    for key, value in stats.items():
+        assert torch.allclose(value, want[key], atol=1e-5), key  # what update_bn gives on those batches
+    differs = [k for k in stats if not torch.allclose(stats[k], averaged[k], atol=1e-3)]
+    assert len(differs) == len(stats)  # not the snapshots' averaged statistics
+    assert all(not torch.allclose(stats[k], live[k], atol=1e-3) for k in stats)  # nor the live ones
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_bn_stats_keeps_the_running_statistics_while_the_weights_train(freeze):
+    from hf_tune.anchor import build_batchnorm_freeze
+
+    model = _tiny_timm()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    callback = build_batchnorm_freeze(model, freeze)
+    assert (callback is not None) == freeze
+    if callback is not None:
+        callback.on_train_begin(None, None, None, model=model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for batch in _image_batches(3):
+        model.train()  # as Trainer does at every training step, after every callback
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after = model.state_dict()
+    stats = [k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    changed = [k for k in stats if not torch.equal(before[k], after[k])]
+    assert changed == ([] if freeze else stats)
+    scales = [k for k in before if k.endswith("bn1.weight")]
+    assert scales and all(not torch.equal(before[k], after[k]) for k in scales)  # their scale still trains
+    if callback is not None:
+        callback.on_train_end(None, None, None)  # the hooks go: the model is an ordinary one again
+        model.train()
+        model(**_image_batches(1, seed=3)[0])
+        assert not torch.equal(model.state_dict()[stats[0]], before[stats[0]])
+
+
+def test_freeze_bn_stats_is_refused_without_batchnorm_and_with_swa():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hf_tune.anchor import build_batchnorm_freeze
+    from hf_tune.config import load_config
+    from hf_tune.errors import ConfigError
+
+    bert = BertForSequenceClassification(
+        BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    )
+    with pytest.raises(ConfigError, match=r"techniques\.anchor\.freeze_bn_stats: this model .* no BatchNorm"):
+        build_batchnorm_freeze(bert, True)
+    assert build_batchnorm_freeze(bert, False) is None
+    with pytest.raises(ConfigError, match=r"freeze_bn_stats keeps the BatchNorm statistics fixed, but techniques\.swa"):
+        load_config(["recipe=quickstart", "techniques.anchor.freeze_bn_stats=true", "techniques.swa.enabled=true"])
+    with pytest.raises(ConfigError, match=r"techniques\.anchor: not available for clause_extraction"):
+        load_config(["recipe=contract_clauses_minilm", "techniques.anchor.freeze_bn_stats=true"])
+    cfg = load_config(["recipe=quickstart", "techniques.anchor.freeze_bn_stats=true"])
+    assert cfg.techniques.anchor.freeze_bn_stats and cfg.validate() == []
+
+
 def test_pick_layers_spread_and_first():
     from hf_tune.modeling import pick_layers
 
@@ -272,6 +381,91 @@ def test_average_of_a_runs_last_checkpoints(tiny_image_args, tiny_npz, tmp_path,
 
 
 @pytest.mark.slow
+def test_average_of_a_runs_top_checkpoints_by_a_logged_metric(tiny_image_args, tiny_npz, tmp_path, capsys):
+    from hf_tune.soup import checkpoints_to_average
+
+    run = tmp_path / "run"
+    extra = ["training.save_total_limit=3", "training.eval_strategy=steps", "training.eval_steps=2"]
+    assert main(_image(tiny_image_args, run, *extra)) == 0
+    state_file = run / "checkpoint-6" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    losses = {h["step"]: h["eval_loss"] for h in state["log_history"] if "eval_loss" in h}
+    assert sorted(losses) == [2, 4, 6]
+    out = tmp_path / "top"
+    assert main(["average", str(run), "top=2", f"data.path={tiny_npz}", f"output={out}"]) == 0
+    record = json.loads((out / "fusion.json").read_text())
+    lowest = sorted(losses, key=losses.get)[:2]  # eval_loss by default: lower is better
+    assert sorted(Path(i["name"]).name for i in record["ingredients"]) == sorted(f"checkpoint-{s}" for s in lowest)
+
+    # a constructed ranking that is not the last two: loss puts 4 then 2 first, accuracy 2 then 6
+    made_up = {2: (0.3, 0.9), 4: (0.1, 0.2), 6: (0.9, 0.8)}
+    for h in state["log_history"]:
+        if "eval_loss" in h:
+            h["eval_loss"], h["eval_accuracy"] = made_up[h["step"]]
+    state_file.write_text(json.dumps(state))
+    picked = checkpoints_to_average(run, last=None, top=2, metric=None)
+    assert [c.name for c in picked] == ["checkpoint-4", "checkpoint-2"]
+    out = tmp_path / "top_acc"
+    assert main(["average", str(run), "top=2", "metric=eval_accuracy", f"data.path={tiny_npz}", f"output={out}"]) == 0
+    record = json.loads((out / "fusion.json").read_text())
+    assert [Path(i["name"]).name for i in record["ingredients"]] == ["checkpoint-2", "checkpoint-6"]
+    soup = load_file(str(out / "model.safetensors"))
+    states = [load_file(str(run / c / "model.safetensors")) for c in ("checkpoint-2", "checkpoint-6")]
+    weights = [k for k in soup if soup[k].is_floating_point() and "running_" not in k]
+    assert weights and not torch.equal(states[0][weights[0]], states[1][weights[0]])
+    for key in weights:
+        assert torch.allclose(soup[key], (states[0][key] + states[1][key]) / 2, atol=1e-6), key
+    capsys.readouterr()
+    assert main(["average", str(run), "top=2", "metric=eval_f1", f"output={tmp_path / 'x'}"]) == 2
+    assert "only 0 checkpoints have eval_f1 logged" in capsys.readouterr().err
+
+
+def _merged_by_hand(base: dict[str, torch.Tensor], adapter: Path) -> dict[str, torch.Tensor]:
+    """``W + (alpha / r) * B @ A`` for every LoRA pair in a saved adapter, plus its own copy of the head."""
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    out = {}
+    for key, a in weights.items():
+        name = key.removeprefix("base_model.model.")
+        if ".lora_A." in name:
+            target = name.replace(".lora_A.weight", ".weight")
+            b = weights[key.replace(".lora_A.", ".lora_B.")]
+            out[target] = base[target.removeprefix("bert.")] + scale * b @ a
+        elif ".lora_" not in name:  # the head (modules_to_save), trained in full
+            out[name.replace("modules_to_save.", "")] = a
+    return out
+
+
+@pytest.mark.slow
+def test_soup_of_lora_runs_is_the_mean_of_their_merged_weights(tiny_bert, tmp_path, capsys):
+    data = _text_rows(tmp_path / "texts.jsonl")
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"lora{seed}"
+        lora = ["techniques.lora.enabled=true", "techniques.lora.merge_on_save=false", "training.learning_rate=5e-3"]
+        assert main(_text(data, run, f"model.name={tiny_bert}", f"training.seed={seed}", *lora)) == 0
+        assert not (run / "model" / "model.safetensors").exists() and (run / "model" / "adapter").is_dir()
+        runs.append(run)
+    out = tmp_path / "soup"
+    assert main(["soup", *map(str, runs), "method=uniform", f"data.path={data}", f"output={out}"]) == 0
+    soup = load_file(str(out / "model.safetensors"))
+    assert not any("lora" in k or "modules_to_save" in k for k in soup)  # a plain model
+    base = load_file(str(tiny_bert / "model.safetensors"))
+    merged = [_merged_by_hand(base, r / "model" / "adapter") for r in runs]
+    assert {"classifier.weight", "bert.encoder.layer.0.attention.self.query.weight"} <= set(merged[0])
+    for key in merged[0]:
+        assert torch.allclose(soup[key], (merged[0][key] + merged[1][key]) / 2, atol=1e-6), key
+    query = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.allclose(soup[query], base[query.removeprefix("bert.")], atol=1e-6)  # the adapters count
+    word = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(soup[word], base[word.removeprefix("bert.")])  # no adapter there: the base as it was
+    capsys.readouterr()
+    assert main(["evaluate", str(out), f"data.path={data}"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out.strip())["accuracy"] <= 1
+
+
+@pytest.mark.slow
 def test_interpolation_sweep_keeps_the_head_and_spans_the_endpoints(tiny_bert, tmp_path, capsys):
     rows = [
         {"text": f"clause number {i} about {'payment' if i % 2 else 'termination'}", "label": i % 2} for i in range(40)
@@ -320,11 +514,21 @@ def test_swa_run_averages_from_its_start_and_resumes_to_the_same_weights(tiny_im
         "techniques.swa.enabled=true",
         "techniques.swa.start=3",
         "techniques.swa.interval=1",
+        "techniques.swa.bn_batches=2",
         "training.save_total_limit=3",
     ]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert main(_image(tiny_image_args, straight, *args)) == 0
-    assert "SWA: the final weights average 4 snapshots from step 3" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "SWA: the final weights average 4 snapshots from step 3" in err
+    assert "BatchNorm statistics recomputed on 2 training batches" in err  # Trainer hands the callback its loader
+    final = load_file(str(straight / "model" / "model.safetensors"))
+    average = load_file(str(straight / "checkpoint-6" / "swa.safetensors"))  # saved after step 6's snapshot
+    live = load_file(str(straight / "checkpoint-6" / "model.safetensors"))  # the live weights at the same step
+    stats = [k for k in final if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(not torch.allclose(final[k], live[k]) for k in stats)  # not the live statistics
+    weights = [k for k in final if final[k].is_floating_point() and k not in stats]
+    assert all(torch.equal(final[k], average[k]) for k in weights)
     assert main(_image(tiny_image_args, killed, *args)) == 0
     shutil.rmtree(killed / "model")
     (killed / "metrics.json").unlink()
@@ -709,3 +913,41 @@ def test_ewc_estimates_and_saves_the_earlier_tasks_fisher_and_pulls_toward_it(ti
     )
     assert "not an hf_tune run" in capsys.readouterr().err
     assert math.isfinite(logged[-1]["loss"])
+
+
+@pytest.mark.slow
+def test_freeze_bn_stats_run_keeps_the_earlier_tasks_statistics_and_saves_a_normal_model(
+    tiny_image_args, tiny_npz, tiny_bert, tmp_path, capsys
+):
+    from transformers import pipeline
+
+    quiet = ["training.save_strategy=no"]
+    a = tmp_path / "A"
+    assert main(_image(tiny_image_args, a, *quiet)) == 0
+    start = load_file(str(a / "model" / "model.safetensors"))
+    stats = [k for k in start if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    ewc = ["techniques.anchor.method=ewc", "techniques.anchor.strength=100", "techniques.anchor.fisher_samples=4"]
+    frozen, free = tmp_path / "B_frozen", tmp_path / "B_free"
+    capsys.readouterr()
+    freeze = "techniques.anchor.freeze_bn_stats=true"
+    assert main(_image(tiny_image_args, frozen, *quiet, f"model.name={a}", *ewc, freeze)) == 0
+    assert "BatchNorm layers stay as the model started" in capsys.readouterr().err
+    assert main(_image(tiny_image_args, free, *quiet, f"model.name={a}", *ewc)) == 0
+    kept, moved = (load_file(str(r / "model" / "model.safetensors")) for r in (frozen, free))
+    assert stats and all(torch.equal(kept[k], start[k]) for k in stats)
+    assert all(not torch.equal(moved[k], start[k]) for k in stats)
+    assert any(not torch.equal(kept[k], start[k]) for k in start if k not in stats)  # the weights did train
+    logged = [h for h in json.loads((frozen / "model" / "log_history.json").read_text()) if "anchor_penalty" in h]
+    assert logged  # with EWC's penalty on
+    assert sorted(p.name for p in (frozen / "model").glob("*.safetensors")) == ["model.safetensors"]
+    capsys.readouterr()
+    assert main(["evaluate", str(frozen), f"data.path={tiny_npz}", "data.split=val"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out.strip())["accuracy"] <= 1
+    assert pipeline("image-classification", model=str(frozen / "model")).model.config.num_labels == 2
+
+    text = tmp_path / "text"  # BERT has no BatchNorm: refused by name before anything is written
+    data = _text_rows(tmp_path / "texts.jsonl")
+    assert main(_text(data, text, f"model.name={tiny_bert}", "techniques.anchor.freeze_bn_stats=true")) == 2
+    err = capsys.readouterr().err
+    assert "techniques.anchor.freeze_bn_stats: this model (BertForSequenceClassification) has no BatchNorm" in err
+    assert not (text / "model").exists()

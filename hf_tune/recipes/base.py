@@ -402,15 +402,21 @@ class Recipe:
         return url
 
     def _save_lora(self, final: Path) -> None:
-        """The adapter in model/adapter/ and, merged into the base weights, a standard model in model/."""
+        """The adapter in model/adapter/ and, merged into the base weights, a standard model in model/. Without
+        merging (``merge_on_save=false``), model/ still gets the model's config.json (architecture and labels)
+        and the processor: the card reads the labels there, and ``hf-tune soup`` the class to merge into."""
         if not self.trainer.is_world_process_zero():
             return
         peft_model = self.trainer.model
         peft_model.save_pretrained(str(final / "adapter"))
         if self.cfg.techniques.lora.merge_on_save:
             peft_model.merge_and_unload().save_pretrained(str(final))
-            if self.processing_class() is not None:
-                self.processing_class().save_pretrained(str(final))
+        else:
+            base = peft_model.get_base_model()
+            base.config.architectures = [type(base).__name__]
+            base.config.save_pretrained(str(final))
+        if self.processing_class() is not None:
+            self.processing_class().save_pretrained(str(final))
 
     # ---------------------------------------------------------------- Trainer assembly
     def _setup_output_dir(self) -> None:
@@ -487,7 +493,7 @@ class Recipe:
         if errors:
             raise ConfigError(errors, self.cfg.recipe)
         self._stop = StopOnSignal()
-        from hf_tune.anchor import build_anchor_penalty
+        from hf_tune.anchor import build_anchor_penalty, build_batchnorm_freeze
         from hf_tune.data.draws import seed_item_draws
         from hf_tune.techniques import (
             apply_transfer_controls,
@@ -505,6 +511,7 @@ class Recipe:
         )
         # the anchor is the model as built, before resuming loads a checkpoint's weights into it
         anchor = build_anchor_penalty(self.model, self.cfg, self.cfg.model.name)
+        freeze_bn = build_batchnorm_freeze(self.model, t.anchor.freeze_bn_stats)
         # after the model, before Trainer builds the optimizer from it
         self.model, self._unfreeze = apply_transfer_controls(self.model, t.freeze, t.lora, self.spec.lora_task_type)
         resume = str(self._resume_from) if self._resume_from else None
@@ -537,8 +544,9 @@ class Recipe:
             **swa_settings(t.swa, resume),
             **extras,
         )
-        if self._unfreeze is not None:
-            self.trainer.add_callback(self._unfreeze)
+        for callback in (self._unfreeze, freeze_bn):
+            if callback is not None:
+                self.trainer.add_callback(callback)
         if self.cfg.search.trial is not None:  # launched by hf-tune search: report evaluations, stop when pruned
             from hf_tune.search_trial import build_trial_callback
 

@@ -9,8 +9,8 @@ held-out contracts. Rows (one JSON line each):
 - ``recipe``: ``hf-tune train recipe=contract_clauses_minilm`` with its own defaults (plus ``--overrides``), then
   ``hf-tune evaluate`` on the held-out contracts; training wall time includes the encoder pass (feature caching);
 - ``recipe_no_decoding_tuning``: the same trained model evaluated with fragment merging and minimum lengths off;
-- one row per ablation in ``--rows`` (``ROWS``: the recipe with one lever removed), trained on the features the
-  recipe row cached (``data.feature_cache``), so their training minutes are head training only;
+- one row per ablation in ``--rows`` (``ROWS``: the recipe with one lever removed or added), trained on the
+  features the recipe row cached (``data.feature_cache``), so their training minutes are head training only;
 - ``ceiling``: the best an oracle could score with this representation (gold unit labels for unit categories,
   gold BIO tags on the opening tokens for token categories), decoded the same way, on the held-out contracts.
 
@@ -122,6 +122,7 @@ ROWS = {
     "no_pos_weight": ["model.unit_pos_weight=1", "model.token_pos_weight=1"],  # no up-weighting of rare positives
     "one_bio_sequence": ["model.token_scheme=bio"],  # one BIO sequence over all token categories (overlaps lost)
     "no_casing": ["model.token_casing=false"],  # the uncased encoder's states only
+    "unit_ngrams": ["model.unit_ngrams=32768"],  # added, not removed: a bag of each unit's words and word pairs
     "today_2026_11_25": [  # the recipe before these levers: sentence units, no CRF, no decoding tuning
         "model.segmenter=sentences",
         "model.token_crf=false",
@@ -148,6 +149,7 @@ def recipe(row: str, train: Path, test: Path, run: Path, overrides: list[str], c
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     train_s = time.time() - t0
+    val = json.loads(proc.stdout.strip().splitlines()[-1])  # the carved validation split (thresholds tuned on it)
     encoded = [int(n.replace(",", "")) for n in re.findall(r"encoded \d+ documents: ([\d,]+) tokens", proc.stderr)]
     m, eval_s = evaluate(run, test)
     return {
@@ -156,6 +158,8 @@ def recipe(row: str, train: Path, test: Path, run: Path, overrides: list[str], c
         **{k: m[k] for k in KEYS},
         "predicted_spans": m["predicted_spans"],
         "gold_spans": m["gold_spans"],
+        "val_exact_f1": val.get("eval_span_f1_micro"),
+        "val_overlap_f1": val.get("eval_overlap_f1"),
         "train_minutes": round(train_s / 60, 2),
         "features": "computed" if encoded else "cached",
         "encoder_tokens_per_s": round(sum(encoded) / max(train_s, 1e-9), 1) if encoded else None,

@@ -295,7 +295,7 @@ class ClauseExtractorModel(PreTrainedModel):
         if ngrams is None:
             raise ValueError("this model reads unit word n-grams (config.unit_ngrams): pass unit_ngrams")
         flat = ngrams.reshape(-1, ngrams.shape[-1]).to(self.unit_lexicon.weight.device)
-        return self.lexicon_dropout(self.unit_lexicon(flat).view(*shape, -1))
+        return self.lexicon_dropout(self.unit_lexicon(flat).view(*shape, self.unit_lexicon.embedding_dim))
 
     def _per_category_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean over the token categories of each one's loss on its own O/B/I sequence: (B, T, 3C) logits,
@@ -390,6 +390,8 @@ class ClauseExtractorModel(PreTrainedModel):
     @torch.no_grad()
     def unit_probs(self, feats: np.ndarray, ngrams: np.ndarray | None = None) -> np.ndarray:
         self.eval()
+        if not len(feats):  # a document without units (empty or blank text): nothing to decide, and a GRU refuses it
+            return np.zeros((0, self.unit_head.out.out_features), dtype=np.float32)
         x = torch.as_tensor(feats, dtype=torch.float32, device=self.device)[None]
         lex = None if ngrams is None else torch.as_tensor(ngrams, dtype=torch.long, device=self.device)[None]
         return torch.sigmoid(self.unit_head(x, self._lexical(lex, x.shape[:2])))[0].float().cpu().numpy()

@@ -320,3 +320,4 @@ def test_the_unit_lexicon_separates_units_whose_embeddings_are_alike(tmp_path):
     assert again.config.unit_ngrams == 257
     np.testing.assert_allclose(again.unit_probs(feats, again.unit_ngram_ids(text, units)), p, atol=1e-6)
     assert _lexical_model(0).unit_lexicon is None and _lexical_model(0).unit_ngram_ids(text, units) is None
+    assert again.unit_probs(np.zeros((0, 9), np.float32), again.unit_ngram_ids("", [])).shape == (0, 2)  # no units

@@ -122,7 +122,7 @@ ROWS = {
     "no_pos_weight": ["model.unit_pos_weight=1", "model.token_pos_weight=1"],  # no up-weighting of rare positives
     "one_bio_sequence": ["model.token_scheme=bio"],  # one BIO sequence over all token categories (overlaps lost)
     "no_casing": ["model.token_casing=false"],  # the uncased encoder's states only
-    "unit_ngrams": ["model.unit_ngrams=32768"],  # added, not removed: a bag of each unit's words and word pairs
+    "no_unit_ngrams": ["model.unit_ngrams=0"],  # the unit head reads the frozen embedding only, no word bag
     "today_2026_11_25": [  # the recipe before these levers: sentence units, no CRF, no decoding tuning
         "model.segmenter=sentences",
         "model.token_crf=false",

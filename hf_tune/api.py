@@ -135,7 +135,7 @@ def search(recipe: str | Path, space: dict[str, dict[str, Any]] | None = None, *
     recipe keys), keyword overrides as for ``Run.from_recipe`` (``search__n_trials=8``); returns the summary."""
     import json
 
-    from hf_tune.search import run_search
+    from hf_tune.search_study import run_search
 
     entries = [f"search.space[{k}]={json.dumps(v)}" for k, v in (space or {}).items()]
     return run_search([f"recipe={recipe}", *_overrides(overrides), *entries])

@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(plan_training(_recipe_for(load_config(args.overrides)))))
         return 0
     cfg = load_config(args.overrides)
-    from hf_tune.search import note_search_section
+    from hf_tune.search_study import note_search_section
 
     note_search_section(cfg)
     result = run_training(_recipe_for(cfg))
@@ -217,7 +217,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     import signal
 
-    from hf_tune.search import run_search
+    from hf_tune.search_study import run_search
 
     def stop(signum, frame):  # SIGTERM ends the search like Ctrl-C: running trials stop, the study is kept
         raise KeyboardInterrupt

@@ -386,7 +386,7 @@ class SearchParam:
     """The values of a categorical (numbers, strings, booleans, lists, null)."""
 
     def errors(self, key: str) -> list[str]:
-        """Impossible ranges, each naming ``key`` (whether the values fit the recipe is checked by hf_tune.search)."""
+        """Impossible ranges, each naming ``key`` (whether the values fit the recipe: hf_tune.search_study)."""
         if self.type == "categorical":
             out = [] if self.choices else [f"{key}: a categorical needs a non-empty choices list"]
             if self.low is not None or self.high is not None or self.log or self.step is not None:
@@ -415,7 +415,7 @@ class SearchParam:
 
 @dataclass
 class SearchConfig:
-    """Hyperparameter search over recipe keys (``hf-tune search``; see hf_tune.search and docs/techniques.md).
+    """Hyperparameter search over recipe keys (``hf-tune search``; see hf_tune.search_study and docs/techniques.md).
     ``hf-tune train`` ignores this section: it trains the recipe once with its own values."""
 
     metric: str | None = None
@@ -428,9 +428,9 @@ class SearchConfig:
     timeout: float | None = None
     """Seconds after which this command starts no new trial (running ones finish)."""
     sampler: str = "tpe"
-    """tpe, random, grid (every float needs a step) or cmaes (pip install cmaes); see hf_tune.search.SAMPLERS."""
+    """tpe, random, grid (every float needs a step) or cmaes (pip install cmaes); see hf_tune.search_study.SAMPLERS."""
     pruner: str = "median"
-    """median, hyperband, successive_halving or none (hf_tune.search.PRUNERS): stops a trial at an evaluation
+    """median, hyperband, successive_halving or none (hf_tune.search_study.PRUNERS): stops a trial at an evaluation
     during training when it looks worse than the others did there; needs training.eval_strategy epoch/steps."""
     pruner_startup_trials: int = 2
     """median: no pruning until this many trials have finished."""
@@ -452,7 +452,7 @@ class SearchConfig:
     backend: str = "optuna"
     """optuna: trial processes launched by this command, study in ``storage``; ray: Ray Tune (pip install
     'ray[tune]') with Optuna's sampler and a Ray scheduler as pruner, on the Ray cluster at RAY_ADDRESS or a local
-    one (hf_tune.search.BACKENDS)."""
+    one (hf_tune.search_study.BACKENDS)."""
     delete_pruned: bool = False
     """Delete the run folders of pruned trials (their rows stay in the trials table)."""
     max_failures_in_a_row: int = 3
@@ -464,7 +464,7 @@ class SearchConfig:
     """Set by hf-tune search on the runs it launches (the trial number): report evaluations to the study."""
 
     def errors(self, prefix: str = "search") -> list[str]:
-        from hf_tune.search import BACKENDS, LOWER_IS_BETTER, PRUNERS, SAMPLERS
+        from hf_tune.search_study import BACKENDS, LOWER_IS_BETTER, PRUNERS, SAMPLERS
 
         out = [e for key, p in self.space.items() for e in p.errors(f"{prefix}.space.{key}")]
         registries = (("sampler", self.sampler, SAMPLERS), ("pruner", self.pruner, PRUNERS))

@@ -42,7 +42,7 @@ def _state(trial) -> str:
 
 def trial_rows(plan, study) -> list[dict[str, Any]]:
     """One row per trial: number, state, value, each searched key, evaluations, duration, run folder, error."""
-    from hf_tune.search import decode
+    from hf_tune.search_study import decode
 
     space = plan.search.space
     rows = []
@@ -63,7 +63,7 @@ def trial_rows(plan, study) -> list[dict[str, Any]]:
 
 def _trials(study) -> list:
     """The study's trials without the ones given up unrun in a race beyond n_trials."""
-    from hf_tune.search import SURPLUS
+    from hf_tune.search_study import SURPLUS
 
     return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS)]
 
@@ -97,7 +97,7 @@ def best_recipe_data(plan, trial) -> dict[str, Any]:
     the search section, so ``hf-tune train recipe=best_recipe.yaml`` trains the same run again."""
     from hf_tune.config import from_mapping
     from hf_tune.schema import to_dict
-    from hf_tune.search import decode, with_values
+    from hf_tune.search_study import decode, with_values
 
     saved = Path(trial.user_attrs.get("hf_tune_run_dir", "")) / RESOLVED_CONFIG_NAME
     if saved.is_file():
@@ -117,7 +117,7 @@ def best_recipe_data(plan, trial) -> dict[str, Any]:
 
 
 def write_best_recipe(plan, study) -> Path | None:
-    from hf_tune.search import decode
+    from hf_tune.search_study import decode
 
     trial = best_trial(study)
     if trial is None:
@@ -255,7 +255,7 @@ def _plot_importances(plan, study, trials, complete, plt):
 
 
 def _stored_choices(p) -> list[Any]:
-    from hf_tune.search import encoded_choices
+    from hf_tune.search_study import encoded_choices
 
     return encoded_choices(p.choices)[0]
 
@@ -303,7 +303,7 @@ def write_report(plan, study, plots: list[Path], notes: list[str], wall_s: float
         "",
     ]
     if best is not None:
-        from hf_tune.search import decode
+        from hf_tune.search_study import decode
 
         params = {k: decode(p, best.params[k]) for k, p in s.space.items() if k in best.params}
         lines += [
@@ -348,7 +348,7 @@ def write_outputs(plan, study, wall_s: float) -> Path:
 
 
 def summary(plan, study, wall_s: float) -> dict[str, Any]:
-    from hf_tune.search import decode
+    from hf_tune.search_study import decode
 
     best = best_trial(study)
     out: dict[str, Any] = {

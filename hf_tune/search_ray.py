@@ -27,7 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from hf_tune.registry import Registry
-from hf_tune.search import PARENT_ENV, SAMPLERS, SEARCH_RECIPE, TRIAL_LOG, SearchPlan, decode, distribution, trial_dir
+from hf_tune.search_study import (
+    PARENT_ENV,
+    SAMPLERS,
+    SEARCH_RECIPE,
+    TRIAL_LOG,
+    SearchPlan,
+    decode,
+    distribution,
+    trial_dir,
+)
 from hf_tune.techniques import log
 
 PROGRESS_FILE = "search_progress.jsonl"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_tune.errors import ConfigError, RunError
-from hf_tune.search import (
+from hf_tune.search_study import (
     HEARTBEAT_S,
     PARENT_ENV,
     SEARCH_RECIPE,

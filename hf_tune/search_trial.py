@@ -20,7 +20,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from hf_tune.errors import ConfigError
-from hf_tune.search import BACKENDS, EXIT_PARENT_GONE, PARENT_ENV, TRIAL_FILE, build_pruner, open_storage
+from hf_tune.search_study import BACKENDS, EXIT_PARENT_GONE, PARENT_ENV, TRIAL_FILE, build_pruner, open_storage
 from hf_tune.techniques import log
 
 

@@ -96,7 +96,7 @@ def test_misspelled_key_and_impossible_range_fail_before_any_trial(tmp_path, cap
 
 
 def test_search_rules_are_checked_before_any_trial(tmp_path):
-    from hf_tune.search import prepare_search
+    from hf_tune.search_study import prepare_search
 
     cases = {
         "search.n_trials or search.timeout is required": ({"space": LR_SPACE}, {}),
@@ -136,7 +136,7 @@ def test_search_rules_are_checked_before_any_trial(tmp_path):
 
 def test_train_on_a_search_recipe_trains_it_once(tmp_path, capsys):
     from hf_tune.config import load_config
-    from hf_tune.search import note_search_section
+    from hf_tune.search_study import note_search_section
 
     cfg = load_config([f"recipe={search_yaml(tmp_path, {'n_trials': 2, 'space': LR_SPACE})}"])
     assert cfg.search.n_trials == 2 and cfg.training["learning_rate"] == 2.0e-3  # the recipe's own value
@@ -148,7 +148,7 @@ def test_space_values_and_overrides_round_trip():
     from omegaconf import OmegaConf
 
     from hf_tune.schema import SearchParam
-    from hf_tune.search import checked_values, decode, distribution, encoded_choices, grid_values, yaml_value
+    from hf_tune.search_study import checked_values, decode, distribution, encoded_choices, grid_values, yaml_value
 
     assert checked_values(SearchParam("float", low=1e-4, high=1e-2, log=True)) == pytest.approx([1e-4, 1e-3, 1e-2])
     assert checked_values(SearchParam("int", low=2, high=9, step=3)) == [2, 5, 8]  # the top of the step grid
@@ -166,7 +166,7 @@ def test_space_values_and_overrides_round_trip():
 def test_every_sampler_and_pruner_builds():
     import importlib.util
 
-    from hf_tune.search import PRUNERS, SAMPLERS
+    from hf_tune.search_study import PRUNERS, SAMPLERS
 
     for entry in SAMPLERS:
         needs = entry.meta.get("needs")
@@ -182,7 +182,7 @@ def test_every_sampler_and_pruner_builds():
 
 
 def _study(storage: str, name: str = "my_search"):
-    from hf_tune.search import open_storage
+    from hf_tune.search_study import open_storage
 
     return optuna.load_study(study_name=name, storage=open_storage(storage))
 
@@ -310,8 +310,8 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path):
 @pytest.mark.slow
 def test_ray_backend_runs_trials_as_run_folders_and_restores(tmp_path, capsys):
     pytest.importorskip("ray.tune")
-    from hf_tune.search import PRUNERS
     from hf_tune.search_ray import RAY_SCHEDULERS
+    from hf_tune.search_study import PRUNERS
 
     assert RAY_SCHEDULERS.names() == PRUNERS.names()  # every pruner has its Ray scheduler
     path = search_yaml(tmp_path, {"n_trials": 2, "pruner": "none", "backend": "ray", "space": LR_SPACE})
@@ -341,7 +341,7 @@ def test_a_trial_asked_beyond_n_trials_in_a_race_steps_back():
 
 
 def test_a_study_refuses_another_objective_or_a_changed_recipe(tmp_path):
-    from hf_tune.search import open_storage, open_study, prepare_search
+    from hf_tune.search_study import open_storage, open_study, prepare_search
 
     path = search_yaml(tmp_path, {"n_trials": 2, "space": LR_SPACE})
     plan = prepare_search([f"recipe={path}"])
@@ -361,8 +361,8 @@ def test_outputs_are_written_from_the_study_alone(tmp_path):
     """Table, best recipe (rebuilt from the study's base recipe when the trial folder is gone), plots with
     parameter importances, report: from a study whose trials ran elsewhere."""
     from hf_tune.config import load_config
-    from hf_tune.search import distribution, prepare_search
     from hf_tune.search_outputs import write_outputs
+    from hf_tune.search_study import distribution, prepare_search
 
     space = {**LR_SPACE, "techniques.ema.decay": {"type": "categorical", "choices": [0.99, 0.999]}}
     plan = prepare_search([f"recipe={search_yaml(tmp_path, {'n_trials': 6, 'space': space})}"])
@@ -390,3 +390,10 @@ def test_outputs_are_written_from_the_study_alone(tmp_path):
     best = load_config([f"recipe={folder / 'best_recipe.yaml'}"])
     assert best.training["learning_rate"] == pytest.approx(1e-2) and best.techniques.ema.decay == 0.99
     assert best.training["output_dir"] == str(folder / "best") and not best.search.space
+
+
+def test_hf_tune_search_stays_the_function_after_the_search_code_is_imported():
+    import hf_tune
+    import hf_tune.search_study  # noqa: F401  (what loading any config with a search: section does)
+
+    assert callable(hf_tune.search) and hf_tune.search.__module__ == "hf_tune.api"

@@ -1,5 +1,8 @@
 """Hyperparameter search over whole recipes: ``hf-tune search recipe=FILE.yaml [key=value ...]``.
 
+(Named search_study, not search: importing a submodule ``hf_tune.search`` would set the package attribute and
+hide the public ``hf_tune.search()`` function for the rest of the session.)
+
 Why not ``Trainer.hyperparameter_search``: it searches TrainingArguments fields only (model and technique keys
 such as LoRA rank are skipped with a warning), runs every trial in one process (memory and threads carry over
 from trial to trial), and a killed trial takes the search with it. Here the space is written in recipe keys and

@@ -257,7 +257,7 @@ class ClauseExtractorModel(PreTrainedModel):
         unit_logits = token_logits = None
         losses = []
         if unit_features is not None and unit_features.shape[0]:
-            unit_logits = self.unit_head(unit_features, self._lexical(unit_ngrams, unit_features.shape[:2]))
+            unit_logits = self.unit_head(unit_features, self._lexical(unit_ngrams))
             if unit_labels is not None:
                 pw = torch.full((unit_logits.shape[-1],), self.config.unit_pos_weight, device=unit_logits.device)
                 per = nn.functional.binary_cross_entropy_with_logits(
@@ -288,14 +288,15 @@ class ClauseExtractorModel(PreTrainedModel):
         loss = torch.stack(losses).sum() if losses else None
         return ClauseOutput(loss=loss, unit_logits=unit_logits, token_logits=token_logits)
 
-    def _lexical(self, ngrams: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+    def _lexical(self, ngrams: torch.Tensor | None) -> torch.Tensor | None:
         """(B, U, hidden) mean embedding of each unit's word n-grams, or None when the model has no lexicon."""
         if self.unit_lexicon is None:
             return None
         if ngrams is None:
             raise ValueError("this model reads unit word n-grams (config.unit_ngrams): pass unit_ngrams")
         flat = ngrams.reshape(-1, ngrams.shape[-1]).to(self.unit_lexicon.weight.device)
-        return self.lexicon_dropout(self.unit_lexicon(flat).view(*shape, self.unit_lexicon.embedding_dim))
+        bags = self.unit_lexicon(flat).view(*ngrams.shape[:2], self.unit_lexicon.embedding_dim)
+        return self.lexicon_dropout(bags)
 
     def _per_category_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean over the token categories of each one's loss on its own O/B/I sequence: (B, T, 3C) logits,
@@ -394,7 +395,7 @@ class ClauseExtractorModel(PreTrainedModel):
             return np.zeros((0, self.unit_head.out.out_features), dtype=np.float32)
         x = torch.as_tensor(feats, dtype=torch.float32, device=self.device)[None]
         lex = None if ngrams is None else torch.as_tensor(ngrams, dtype=torch.long, device=self.device)[None]
-        return torch.sigmoid(self.unit_head(x, self._lexical(lex, x.shape[:2])))[0].float().cpu().numpy()
+        return torch.sigmoid(self.unit_head(x, self._lexical(lex)))[0].float().cpu().numpy()
 
     def token_inputs(self, text: str, offsets: list[tuple[int, int]], states: np.ndarray) -> np.ndarray:
         """What the token head reads: the encoder's token states, with casing features when configured."""

@@ -505,6 +505,11 @@ class SpeedConfig:
     pad_to_multiple_of: int | None = None
     """Round text batches' padded length up to a multiple of this; null: 8 on a GPU (tensor-core tiles), no
     rounding on a CPU (every padded position costs as much as a real token there)."""
+    int8_inference: bool = False
+    """``hf-tune evaluate`` and ``predict`` (never training) on the CPU with every Linear layer dynamically
+    quantized to int8 (weights per output channel, activations per batch; :func:`hf_tune.speed.int8_linear`):
+    about 1.6x faster encoder forwards on a CPU with AVX-512 VNNI, at a quality cost measured in
+    docs/benchmarks.md ("Speed"). Off by default: the saved weights stay float, and quality is a trade-off."""
 
     def errors(self, prefix: str = "speed") -> list[str]:
         return [

@@ -79,3 +79,7 @@ def test_train_evaluate_predict(tiny_bert, contracts_jsonl, tmp_path, capsys, ex
     for row, doc in zip(rows, docs, strict=True):
         for s in row["spans"]:
             assert doc["text"][s["start"] : s["end"]] == s["text"] and 0 <= s["score"] <= 1
+    if not extra:  # the int8 CPU path runs this kind's encoder and heads too (speed.int8_inference)
+        assert main(["evaluate", str(run), f"data.path={contracts_jsonl}", "speed.int8_inference=true"]) == 0
+        q = json.loads(capsys.readouterr().out.strip())
+        assert q["num_documents"] == 24 and q["gold_spans"] == ev["gold_spans"]

@@ -270,3 +270,34 @@ def test_crf_model_reloads_its_transition_scores(tiny_bert, tmp_path, capsys):
         == 2
     )
     assert "data.scheme=bio_crf" in capsys.readouterr().err
+
+
+def test_int8_inference_is_close_to_float(tiny_bert, contracts_jsonl, tmp_path, capsys, monkeypatch):
+    """speed.int8_inference quantizes the saved model's Linear layers for evaluate and predict only: the saved
+    weights stay float, the spans found stay close to the float model's, and a GPU run is refused up front."""
+    run = tmp_path / "run"
+    assert main(["train", *_args(tiny_bert, contracts_jsonl, run)]) == 0
+    capsys.readouterr()
+    before = _weights(run / "model")
+    scores = {}
+    for flag in ("false", "true"):
+        assert main(["evaluate", str(run), f"data.path={contracts_jsonl}", f"speed.int8_inference={flag}"]) == 0
+        out = capsys.readouterr()
+        scores[flag] = json.loads(out.out.strip())
+        assert ("quantized to int8" in out.err) == (flag == "true")
+    assert scores["true"]["gold_spans"] == scores["false"]["gold_spans"]
+    assert abs(scores["true"]["predicted_spans"] - scores["false"]["predicted_spans"]) <= 0.2 * max(
+        scores["false"]["predicted_spans"], 10
+    )
+    after = _weights(run / "model")
+    assert all((before[k] == after[k]).all() for k in before), "the saved float weights are untouched"
+    doc = tmp_path / "doc.txt"
+    doc.write_text(json.loads(contracts_jsonl.read_text().splitlines()[0])["text"])
+    assert main(["predict", str(run), str(doc), "speed.int8_inference=true"]) == 0
+    assert json.loads(capsys.readouterr().out.strip())["id"] == str(doc)
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert main(["evaluate", str(run), f"data.path={contracts_jsonl}", "speed.int8_inference=true"]) == 2
+    assert "speed.int8_inference runs on the CPU only" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from hf_tune.flops import (
     transformer_flops,
     utilisation,
 )
-from hf_tune.speed import cgroup_cpu_limit, intra_op_threads, pad_multiple
+from hf_tune.speed import cgroup_cpu_limit, int8_linear, intra_op_threads, pad_multiple
 
 LENGTHS = np.random.default_rng(0).integers(2, 120, size=203)  # not a multiple of the batch: a short last batch
 BATCH = 8
@@ -351,3 +351,20 @@ def test_two_process_token_run_scores_like_a_single_process_evaluation(tiny_bert
     single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for k in keys:
         assert single[k.removeprefix("eval_")] == pytest.approx(ranks["0"][k]), k
+
+
+def test_int8_linear_quantizes_every_linear_of_a_copy_and_stays_close(tiny_bert):
+    from transformers import AutoModelForTokenClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForTokenClassification.from_pretrained(str(tiny_bert), num_labels=5).eval()
+    quantized = int8_linear(model)
+    linear = [m for m in quantized.modules() if type(m) is torch.nn.Linear]
+    assert not linear, "every Linear is replaced"
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in quantized.modules())
+    assert any(type(m) is torch.nn.Linear for m in model.modules()), "the original model is left as it was"
+    x = torch.randint(5, 90, (3, 24))
+    with torch.inference_mode():
+        a, b = model(input_ids=x).logits, quantized(input_ids=x).logits
+    assert b.shape == a.shape
+    assert float((a - b).norm() / a.norm()) < 0.05  # int8 per-channel weights: a small relative error

@@ -657,6 +657,24 @@ class Recipe:
         Hub id arrives here as ``Path(hub_id)``: read local files only when they exist."""
         raise NotImplementedError
 
+    def inference_model(self, model_dir: Path):
+        """The saved model as ``evaluate`` and ``predict`` run it: :meth:`load_model`, with its Linear layers
+        quantized to int8 when ``speed.int8_inference`` asks (CPU only, so refused where a GPU would run it)."""
+        model = self.load_model(model_dir)
+        if not self.cfg.speed.int8_inference:
+            return model
+        import torch
+
+        from hf_tune.errors import ConfigError
+        from hf_tune.speed import int8_linear
+
+        if torch.cuda.is_available() and not self.cfg.training.get("use_cpu"):
+            raise ConfigError(
+                ["speed.int8_inference runs on the CPU only: add training.use_cpu=true, or drop speed.int8_inference"]
+            )
+        log("speed: Linear layers quantized to int8 for inference (speed.int8_inference)")
+        return int8_linear(model)
+
     def eval_dataset(self, split: str, model_dir: Path) -> tuple[str, Any]:
         """Build the dataset for ``hf-tune evaluate`` from ``cfg.data``; returns (split name, dataset)."""
         raise NotImplementedError
@@ -669,7 +687,7 @@ class Recipe:
         from hf_tune.callbacks import route_logs_to_stderr
         from hf_tune.trainer import HfTuneTrainer
 
-        self.model = model if model is not None else self.load_model(model_dir)
+        self.model = model if model is not None else self.inference_model(model_dir)
         self.label_names = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         split, ds = self.eval_dataset(getattr(self.cfg.data, "split", "auto"), model_dir)
         with tempfile.TemporaryDirectory() as tmp:

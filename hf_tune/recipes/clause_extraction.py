@@ -629,7 +629,7 @@ class ClauseExtractionRecipe(Recipe):
     def evaluate_saved(self, model_dir: Path, model=None) -> dict[str, Any]:
         from transformers import AutoTokenizer
 
-        model = (model or self.load_model(model_dir)).eval()
+        model = (model or self.inference_model(model_dir)).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         d = self.cfg.data
         name, docs = select(self._source_splits(), d.split, carved=self._carved, concat=concat_items, source=d.path)
@@ -647,7 +647,7 @@ class ClauseExtractionRecipe(Recipe):
     def predict(self, model_dir: Path, source: str, batch_size: int = 32, model=None) -> Iterator[dict[str, Any]]:
         from transformers import AutoTokenizer
 
-        model = (model or self.load_model(model_dir)).eval()
+        model = (model or self.inference_model(model_dir)).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         for doc in read_documents_for_prediction(source, self.cfg.data.text_field):
             spans = model.extract(tokenizer, doc.text)

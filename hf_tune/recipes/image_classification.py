@@ -279,7 +279,7 @@ class ImageClassificationRecipe(Recipe):
         return {"single_label": SmokeRun(args, path)}
 
     def predict(self, model_dir: Path, source: str, batch_size: int = 32, model=None) -> Iterator[dict[str, Any]]:
-        model = (model or self.load_model(model_dir)).eval()
+        model = (model or self.inference_model(model_dir)).eval()
         pcfg = model.config.pretrained_cfg
         tf, mode = eval_transform(pcfg), "L" if pcfg["input_size"][0] == 1 else "RGB"
         split = self._predict_inputs(source)

@@ -253,7 +253,7 @@ class MaskedLMRecipe(Recipe):
     def predict(self, model_dir: Path, source: str, batch_size: int = 32, model=None) -> Iterator[dict[str, Any]]:
         from transformers import AutoTokenizer
 
-        model = (model or self.load_model(model_dir)).eval()
+        model = (model or self.inference_model(model_dir)).eval()
         self.tokenizer = tok = AutoTokenizer.from_pretrained(str(model_dir))
         collator = self.data_collator()
         for doc in read_documents_for_prediction(source, self.cfg.data.text_column):

@@ -596,7 +596,7 @@ class MultitaskRecipe(Recipe):
 
     def evaluate_saved(self, model_dir: Path, model=None, task: str | None = None) -> dict[str, Any]:
         """Each selected task evaluated by its own recipe through a view of the shared model."""
-        model = (model or self.load_model(model_dir)).eval()
+        model = (model or self.inference_model(model_dir)).eval()
         self._make_subs()
         out: dict[str, Any] = {}
         for n in self._selected(task):
@@ -612,7 +612,7 @@ class MultitaskRecipe(Recipe):
         self, model_dir: Path, source: str, batch_size: int = 32, model=None, task: str | None = None
     ) -> Iterator[dict[str, Any]]:
         """Predictions of the selected task, or of every task (each row then carries ``task``)."""
-        model = (model or self.load_model(model_dir)).eval()
+        model = (model or self.inference_model(model_dir)).eval()
         self._make_subs()
         for n in self._selected(task):
             for row in self.subs[n].predict(model_dir, source, batch_size, model=TaskHeadView(model, n)):

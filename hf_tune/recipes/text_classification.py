@@ -248,7 +248,7 @@ class TextClassificationRecipe(Recipe):
 
         from hf_tune.recipes.token_classification import read_documents_for_prediction
 
-        model = (model or self.load_model(model_dir)).eval()
+        model = (model or self.inference_model(model_dir)).eval()
         if next(model.parameters()).device.type == "cpu":
             from hf_tune.speed import apply_cpu_threads
 

@@ -521,7 +521,7 @@ class TokenClassificationRecipe(Recipe):
         self.categories = self.head.categories(self.label_names)
 
     def evaluate_saved(self, model_dir: Path, model=None) -> dict[str, Any]:
-        self.model = (model or self.load_model(model_dir)).eval()
+        self.model = (model or self.inference_model(model_dir)).eval()
         self._restore_labels(model_dir)
         d = self.cfg.data
         name, docs = select(self._source_splits(), d.split, carved=self._carved, concat=concat_items, source=d.path)
@@ -582,7 +582,7 @@ class TokenClassificationRecipe(Recipe):
 
     def predict(self, model_dir: Path, source: str, batch_size: int = 16, model=None) -> Iterator[dict[str, Any]]:
         """One row per document; documents/s and tokens/s go to stderr at the end (stdout stays JSON lines)."""
-        self.model = (model or self.load_model(model_dir)).eval()
+        self.model = (model or self.inference_model(model_dir)).eval()
         self._restore_labels(model_dir)
         self._use_cpu_threads()
         d = self.cfg.data

@@ -26,6 +26,8 @@ of a row alternate within each repeat, in fresh processes, so drift in machine s
   batches of 64 sorted by characters (``before``) vs ``unit_features_many``' pooled token-budget batches
   (``after``, as training encodes them), in one process, alternated; real tokens/s, padding and the largest
   feature difference between the two.
+- ``stride_quality``: what ``data.eval_stride=254`` costs: the conll row's hf_tune tagger, trained through
+  ``hf-tune train``, scored by ``hf-tune evaluate`` on whole held-out contracts at stride 127 and 254, alternated.
 - Pneumonia parity (image): ``bench/pneumonia.py``, which also prints its utilisation.
 
 Utilisation: FLOPs counted from the model's non-embedding parameters and the real (non-padding) tokens
@@ -33,7 +35,8 @@ Utilisation: FLOPs counted from the model's non-embedding parameters and the rea
 time, against this machine's fp32 matmul peak (a 2048 x 2048 torch matmul, best of 5, measured before every
 repeat; the median is reported). Do not run the rows at the same time as other work on a 2-core machine.
 
-Usage: python bench/speed.py [--rows conll text cuad_eval predict clause_features] [--repeats 3] [--epochs 2]
+Usage: python bench/speed.py [--rows conll text cuad_eval predict clause_features stride_quality] [--repeats 3]
+                             [--epochs 2]
                              [--text-epochs 1]
                              [--cuad ../shared/data/cuad/cuad_train.jsonl] [--baselines ../shared/bench]
                              [--model MODEL_DIR] [--keep DIR]
@@ -567,6 +570,102 @@ def row_cuad_eval(a: argparse.Namespace, tmp: Path, peaks: list[float]) -> list[
     return lines
 
 
+def row_stride_quality(a: argparse.Namespace, tmp: Path, peaks: list[float]) -> list[dict[str, Any]]:
+    """What ``data.eval_stride=254`` costs in quality, on a tagger that finds spans within a CPU budget: the
+    conll row's hf_tune model (trained on the CoNLL-style sentences, same settings) evaluated by ``hf-tune
+    evaluate`` on whole held-out contracts (the conll split's, spans of its categories only) in 256-token
+    windows, at the training-style stride 127 and at 254, alternated; span metrics and the command's time."""
+    from transformers import AutoTokenizer
+
+    model_dir = _model_dir(a.model)
+    write_conll(
+        Path(a.cuad),
+        tmp,
+        AutoTokenizer.from_pretrained(model_dir),
+        categories=a.conll_categories,
+        n_train=a.conll_train,
+        n_test=a.conll_test,
+        max_words=a.conll_max_words,
+        seed=0,
+    )
+    run = tmp / "run"
+    t = time.perf_counter()
+    _cli(
+        "train",
+        "recipe=contract_tagging_minilm",
+        f"model.name={model_dir}",
+        f"data.path={tmp / 'train.txt'}",
+        "data.format=conll",
+        "data.split_ratios=[1.0,0.0,0.0]",
+        "data.window=128",
+        "data.stride=126",
+        "data.negative_window_keep=1.0",
+        "data.max_train_docs=null",
+        "training.max_steps=-1",
+        f"training.num_train_epochs={a.epochs}",
+        "training.per_device_train_batch_size=32",
+        "training.learning_rate=1e-4",
+        "training.warmup_steps=100",
+        "training.weight_decay=0.01",
+        "training.lr_scheduler_type=linear",
+        f"training.output_dir={run}",
+        *COMMON,
+        "training.use_cpu=true",
+    )
+    train_s = time.perf_counter() - t
+    docs = [json.loads(line) for line in Path(a.cuad).open(encoding="utf-8") if line.strip()]
+    held = _heldout_split(docs, 0.2)[1][: a.stride_docs]
+    for d in held:
+        d["spans"] = [s for s in d["spans"] if s["category"] in a.conll_categories]
+    (tmp / "heldout.jsonl").write_text("".join(json.dumps(d) + "\n" for d in held))
+
+    def evaluate(stride: int) -> dict[str, Any]:
+        out = tmp / f"eval_{stride}.json"
+        t = time.perf_counter()
+        _cli(
+            "evaluate",
+            str(run),
+            f"data.path={tmp / 'heldout.jsonl'}",
+            "data.format=jsonl",
+            "data.split=all",
+            "data.window=256",
+            f"data.eval_stride={stride}",
+            f"output={out}",
+        )
+        return {"seconds": time.perf_counter() - t, **json.loads(out.read_text())}
+
+    runs = _alternate(a, {s: (lambda s=s: evaluate(s)) for s in (127, 254)}, peaks)
+    keys = ("span_f1_micro", "overlap_f1", "jaccard_f1", "aupr", "predicted_spans", "gold_spans")
+    lines = []
+    for stride, rs in runs.items():
+        lines.append(
+            {
+                "bench": "speed",
+                "row": "eval_stride_quality",
+                "config": f"eval_stride={stride}",
+                "documents": len(held),
+                "categories": a.conll_categories,
+                "tagger_train_s": round(train_s, 1),
+                "evaluate_s_runs": [round(r["seconds"], 1) for r in rs],
+                "evaluate_s": round(statistics.median(r["seconds"] for r in rs), 1),
+                **{k: rs[-1][k] for k in keys},
+            }
+        )
+    base = lines[0]
+    for line in lines[1:]:
+        line["speedup_vs_stride_127"] = round(base["evaluate_s"] / line["evaluate_s"], 3)
+        for k in ("span_f1_micro", "overlap_f1", "aupr"):
+            line[f"{k}_minus_stride_127"] = round(line[k] - base[k], 4)
+    return lines
+
+
+def _cli(*args: str) -> None:
+    """One hf-tune command in a fresh process (as a user runs it); its stderr is shown when it fails."""
+    r = subprocess.run(["hf-tune", *args], capture_output=True, text=True, cwd=REPO)
+    if r.returncode:
+        raise SystemExit(f"hf-tune {args[0]} failed:\n{r.stderr[-3000:]}")
+
+
 def row_predict(a: argparse.Namespace, tmp: Path, peaks: list[float]) -> list[dict[str, Any]]:
     from transformers import AutoTokenizer
 
@@ -715,6 +814,7 @@ ROWS = {
     "cuad_eval": row_cuad_eval,
     "predict": row_predict,
     "clause_features": row_clause_features,
+    "stride_quality": row_stride_quality,
 }
 
 
@@ -741,6 +841,7 @@ def main() -> None:
     p.add_argument("--cuad-train-docs", type=int, default=20, help="contracts that set the categories (not trained)")
     p.add_argument("--evals", type=int, default=2, help="cuad_eval: evaluations per process (the later reuse caches)")
     p.add_argument("--predict-docs", type=int, default=6)
+    p.add_argument("--stride-docs", type=int, default=20, help="stride_quality: held-out contracts evaluated")
     p.add_argument("--keep", help="write the generated data here instead of a temporary folder")
     p.add_argument(
         "--gpu",

@@ -116,6 +116,7 @@ def baseline(script: Path, train: Path, test: Path, n_docs: int) -> dict:
 
 # The recipe with one lever taken out (each trained on the recipe row's cached features).
 ROWS = {
+    "recipe_on_cache": [],  # the recipe's defaults on the cached features: the head-only reference of the rows
     "no_fine_units": ["model.segmenter=sentences"],  # units = sentences / blank lines / numbered lines
     "no_crf": ["model.token_crf=false"],  # names and dates: per-token argmax instead of the CRF path
     "no_context": ["model.context_layers=0"],  # each unit decided alone, no document-level GRU

@@ -27,7 +27,8 @@ of a row alternate within each repeat, in fresh processes, so drift in machine s
   (``after``, as training encodes them), in one process, alternated; real tokens/s, padding and the largest
   feature difference between the two.
 - ``stride_quality``: what ``data.eval_stride=254`` costs: the conll row's hf_tune tagger, trained through
-  ``hf-tune train``, scored by ``hf-tune evaluate`` on whole held-out contracts at stride 127 and 254, alternated.
+  ``hf-tune train``, scored by ``hf-tune evaluate`` on whole held-out contracts at stride 127, 254 and 254 with
+  ``speed.int8_inference=true`` (int8 Linear layers), alternated.
 - Pneumonia parity (image): ``bench/pneumonia.py``, which also prints its utilisation.
 
 Utilisation: FLOPs counted from the model's non-embedding parameters and the real (non-padding) tokens
@@ -574,7 +575,8 @@ def row_stride_quality(a: argparse.Namespace, tmp: Path, peaks: list[float]) -> 
     """What ``data.eval_stride=254`` costs in quality, on a tagger that finds spans within a CPU budget: the
     conll row's hf_tune model (trained on the CoNLL-style sentences, same settings) evaluated by ``hf-tune
     evaluate`` on whole held-out contracts (the conll split's, spans of its categories only) in 256-token
-    windows, at the training-style stride 127 and at 254, alternated; span metrics and the command's time."""
+    windows, at the training-style stride 127, at 254, and at 254 with ``speed.int8_inference``, alternated; span
+    metrics and the command's time."""
     from transformers import AutoTokenizer
 
     model_dir = _model_dir(a.model)
@@ -619,8 +621,8 @@ def row_stride_quality(a: argparse.Namespace, tmp: Path, peaks: list[float]) -> 
         d["spans"] = [s for s in d["spans"] if s["category"] in a.conll_categories]
     (tmp / "heldout.jsonl").write_text("".join(json.dumps(d) + "\n" for d in held))
 
-    def evaluate(stride: int) -> dict[str, Any]:
-        out = tmp / f"eval_{stride}.json"
+    def evaluate(stride: int, int8: bool) -> dict[str, Any]:
+        out = tmp / f"eval_{stride}_{int8}.json"
         t = time.perf_counter()
         _cli(
             "evaluate",
@@ -630,19 +632,21 @@ def row_stride_quality(a: argparse.Namespace, tmp: Path, peaks: list[float]) -> 
             "data.split=all",
             "data.window=256",
             f"data.eval_stride={stride}",
+            f"speed.int8_inference={str(int8).lower()}",
             f"output={out}",
         )
         return {"seconds": time.perf_counter() - t, **json.loads(out.read_text())}
 
-    runs = _alternate(a, {s: (lambda s=s: evaluate(s)) for s in (127, 254)}, peaks)
+    variants = {"eval_stride=127": (127, False), "eval_stride=254": (254, False), "eval_stride=254+int8": (254, True)}
+    runs = _alternate(a, {name: (lambda v=v: evaluate(*v)) for name, v in variants.items()}, peaks)
     keys = ("span_f1_micro", "overlap_f1", "jaccard_f1", "aupr", "predicted_spans", "gold_spans")
     lines = []
-    for stride, rs in runs.items():
+    for name, rs in runs.items():
         lines.append(
             {
                 "bench": "speed",
                 "row": "eval_stride_quality",
-                "config": f"eval_stride={stride}",
+                "config": name,
                 "documents": len(held),
                 "categories": a.conll_categories,
                 "tagger_train_s": round(train_s, 1),

@@ -215,6 +215,11 @@ class ClauseCollator:
         return batch
 
 
+def _as_cached(x: np.ndarray) -> np.ndarray:
+    """Float32 features rounded to the float16 the feature cache keeps."""
+    return x.astype(np.float16).astype(np.float32)
+
+
 def split_categories(docs: list[Document], categories: list[str], max_chars: int) -> tuple[list[str], list[str]]:
     """(unit categories, token categories): a category whose median training span is at most ``max_chars``
     characters long is a name/date-like category, tagged per token."""
@@ -395,6 +400,9 @@ class ClauseExtractionRecipe(Recipe):
             for i, (doc_units, feats) in zip(chunk, units, strict=True):
                 doc = docs[i]
                 offsets, first, states = self._probe.token_features(self.tokenizer, doc.text)
+                # rounded as the cache stores them, so a run that computes its features trains on exactly what a
+                # run reading them back (another row, or this run resumed after a kill) trains on
+                feats, states = _as_cached(feats), _as_cached(states)
                 found[i] = DocFeatures(doc, doc_units, feats, offsets, first, states)
                 n_tok += len(self.tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"])
                 self._save_cached(folder, found[i])

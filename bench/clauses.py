@@ -125,6 +125,10 @@ ROWS = {
     "no_casing": ["model.token_casing=false"],  # the uncased encoder's states only
     "no_unit_ngrams": ["model.unit_ngrams=0"],  # the unit head reads the frozen embedding only, no word bag
     "epochs_25": ["training.num_train_epochs=25"],  # more head epochs on the same cached features
+    "batch32_epochs30": [  # twice the passes at about the same number of updates (a batch of 32 costs 1.2x one of 16)
+        "training.per_device_train_batch_size=32",
+        "training.num_train_epochs=30",
+    ],
     "today_2026_11_25": [  # the recipe before these levers: sentence units, no CRF, no decoding tuning
         "model.segmenter=sentences",
         "model.token_crf=false",

@@ -215,31 +215,38 @@ def _common(a: argparse.Namespace) -> list[str]:
     return [*COMMON, "training.bf16=true" if a.gpu else "training.use_cpu=true"]
 
 
+def _conll_settings(a: argparse.Namespace, work: Path) -> list[str]:
+    """hf_tune's side of the conll row: the baseline script's settings on the CoNLL files in ``work``."""
+    return [
+        "recipe=contract_tagging_minilm",
+        f"model.name={_model_dir(a.model)}",
+        f"data.path={work / 'train.txt'}",
+        f"data.val_path={work / 'test.txt'}",
+        "data.format=conll",
+        "data.split_ratios=[1.0,0.0,0.0]",
+        "data.window=128",
+        "data.stride=126",
+        "data.negative_window_keep=1.0",
+        "data.max_train_docs=null",
+        "data.max_eval_docs=null",
+        "training.max_steps=-1",
+        f"training.num_train_epochs={a.epochs}",
+        "training.per_device_train_batch_size=32",
+        "training.per_device_eval_batch_size=64",
+        "training.learning_rate=1e-4",
+        "training.warmup_steps=100",
+        "training.weight_decay=0.01",
+        "training.max_grad_norm=1.0",
+        "training.lr_scheduler_type=linear",
+        "training.logging_steps=50",
+    ]
+
+
 def worker_conll(a: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     work = Path(a.work)
     recipe = _recipe(
         [
-            "recipe=contract_tagging_minilm",
-            f"model.name={_model_dir(a.model)}",
-            f"data.path={work / 'train.txt'}",
-            f"data.val_path={work / 'test.txt'}",
-            "data.format=conll",
-            "data.split_ratios=[1.0,0.0,0.0]",
-            "data.window=128",
-            "data.stride=126",
-            "data.negative_window_keep=1.0",
-            "data.max_train_docs=null",
-            "data.max_eval_docs=null",
-            "training.max_steps=-1",
-            f"training.num_train_epochs={a.epochs}",
-            "training.per_device_train_batch_size=32",
-            "training.per_device_eval_batch_size=64",
-            "training.learning_rate=1e-4",
-            "training.warmup_steps=100",
-            "training.weight_decay=0.01",
-            "training.max_grad_norm=1.0",
-            "training.lr_scheduler_type=linear",
-            "training.logging_steps=50",
+            *_conll_settings(a, work),
             f"training.output_dir={tempfile.mkdtemp(prefix='hf_tune_speed_conll_')}",
             *_common(a),
             *extra,
@@ -594,22 +601,7 @@ def row_stride_quality(a: argparse.Namespace, tmp: Path, peaks: list[float]) -> 
     t = time.perf_counter()
     _cli(
         "train",
-        "recipe=contract_tagging_minilm",
-        f"model.name={model_dir}",
-        f"data.path={tmp / 'train.txt'}",
-        "data.format=conll",
-        "data.split_ratios=[1.0,0.0,0.0]",
-        "data.window=128",
-        "data.stride=126",
-        "data.negative_window_keep=1.0",
-        "data.max_train_docs=null",
-        "training.max_steps=-1",
-        f"training.num_train_epochs={a.epochs}",
-        "training.per_device_train_batch_size=32",
-        "training.learning_rate=1e-4",
-        "training.warmup_steps=100",
-        "training.weight_decay=0.01",
-        "training.lr_scheduler_type=linear",
+        *_conll_settings(a, tmp),
         f"training.output_dir={run}",
         *COMMON,
         "training.use_cpu=true",
@@ -628,6 +620,7 @@ def row_stride_quality(a: argparse.Namespace, tmp: Path, peaks: list[float]) -> 
             "evaluate",
             str(run),
             f"data.path={tmp / 'heldout.jsonl'}",
+            "data.val_path=null",  # the training run's CoNLL test file
             "data.format=jsonl",
             "data.split=all",
             "data.window=256",

@@ -97,11 +97,6 @@ BAD_VALUES = {
     "zero max_eval_samples": ("quickstart", ["data.max_eval_samples=0"], "data.max_eval_samples must be"),
     "zero max_train_docs": ("contract_tagging_minilm", ["data.max_train_docs=0"], "data.max_train_docs must be"),
     "one hash bucket": ("contract_clauses_minilm", ["model.unit_ngrams=1"], "model.unit_ngrams must be 0"),
-    "token weight the CRF ignores": (
-        "contract_clauses_minilm",
-        ["model.token_pos_weight=4"],
-        "model.token_pos_weight=4.0 has no effect with model.token_crf=true",
-    ),
     "multitask task limit": (
         "contracts_multitask",
         ["tasks.clauses.data.max_train_docs=-1"],

@@ -321,3 +321,13 @@ def test_the_unit_lexicon_separates_units_whose_embeddings_are_alike(tmp_path):
     np.testing.assert_allclose(again.unit_probs(feats, again.unit_ngram_ids(text, units)), p, atol=1e-6)
     assert _lexical_model(0).unit_lexicon is None and _lexical_model(0).unit_ngram_ids(text, units) is None
     assert again.unit_probs(np.zeros((0, 9), np.float32), again.unit_ngram_ids("", [])).shape == (0, 2)  # no units
+
+
+def test_a_token_weight_the_crf_never_reads_is_reported_not_refused():
+    from hf_tune.recipes.clause_extraction import ClauseModelConfig, ignored_settings
+
+    assert ignored_settings(ClauseModelConfig()) == []
+    (warning,) = ignored_settings(ClauseModelConfig(token_pos_weight=4.0))
+    assert "model.token_pos_weight=4.0 has no effect" in warning and "model.token_crf=false" in warning
+    assert ignored_settings(ClauseModelConfig(token_pos_weight=4.0, token_crf=False)) == []
+    assert ignored_settings(ClauseModelConfig(token_pos_weight=4.0, token_scheme="per_category")) == []

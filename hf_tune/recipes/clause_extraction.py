@@ -75,7 +75,7 @@ class ClauseModelConfig:
     token_pos_weight: float = TOKEN_POS_WEIGHT
     """Weight of B-/I- tags against O in the per-token cross-entropy (``token_crf=false``, or per category). The
     single-sequence CRF's loss is the likelihood of the whole tag path, which has no per-tag weight, so with
-    ``token_crf=true`` and ``token_scheme=bio`` a value other than the default is refused."""
+    ``token_crf=true`` and ``token_scheme=bio`` it has no effect and training says so (:func:`ignored_settings`)."""
     unit_ngrams: int = 0
     """Hash buckets (e.g. 32768) of a bag of each unit's word unigrams and bigrams, embedded and added to the unit
     head beside the encoder's embedding: the words that name a clause category ("most favored", "non-solicit")
@@ -146,12 +146,6 @@ class ClauseExtractionConfig(BaseConfig):
             errors.append("model.context_layers must be >= 0")
         if m.segmenter not in SEGMENTERS.names():
             errors.append(f"model.segmenter must be one of {SEGMENTERS.names()}, got {m.segmenter!r}")
-        if m.token_crf and m.token_scheme == "bio" and m.token_pos_weight != TOKEN_POS_WEIGHT:
-            errors.append(
-                f"model.token_pos_weight={m.token_pos_weight} has no effect with model.token_crf=true and "
-                "model.token_scheme=bio (the CRF's path likelihood has no per-tag weight): drop it, or set "
-                "model.token_crf=false or model.token_scheme=per_category"
-            )
         if d.chunk_units < 1:
             errors.append("data.chunk_units must be >= 1")
         if self.techniques.lora.enabled:
@@ -224,6 +218,18 @@ class ClauseCollator:
                 y[i, :m] = torch.as_tensor(f["token_labels"])
             batch |= {"token_features": x, "token_labels": y}
         return batch
+
+
+def ignored_settings(m: ClauseModelConfig) -> list[str]:
+    """Model settings this combination of options never reads, each with how to make it count. Logged when
+    training starts rather than refused: run folders saved with such a setting must stay loadable."""
+    if m.token_crf and m.token_scheme == "bio" and m.token_pos_weight != TOKEN_POS_WEIGHT:
+        return [
+            f"model.token_pos_weight={m.token_pos_weight} has no effect with model.token_crf=true and "
+            "model.token_scheme=bio (the CRF's path likelihood has no per-tag weight); set model.token_crf=false "
+            "or model.token_scheme=per_category for it to count"
+        ]
+    return []
 
 
 def _as_cached(x: np.ndarray) -> np.ndarray:
@@ -375,6 +381,8 @@ class ClauseExtractionRecipe(Recipe):
         from hf_tune.clause_model import ClauseExtractorModel
 
         m = self.cfg.model
+        for warning in ignored_settings(m):
+            log(f"warning: {warning}")
         return ClauseExtractorModel.from_encoder(
             encoder,
             unit_categories=self.unit_categories,

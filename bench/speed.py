@@ -599,12 +599,9 @@ def row_stride_quality(a: argparse.Namespace, tmp: Path, peaks: list[float]) -> 
     )
     run = tmp / "run"
     t = time.perf_counter()
-    _cli(
-        "train",
-        *_conll_settings(a, tmp),
-        f"training.output_dir={run}",
-        *COMMON,
-        "training.use_cpu=true",
+    _run(
+        ["hf-tune", "train", *_conll_settings(a, tmp), f"training.output_dir={run}", *COMMON, "training.use_cpu=true"],
+        REPO,
     )
     train_s = time.perf_counter() - t
     docs = [json.loads(line) for line in Path(a.cuad).open(encoding="utf-8") if line.strip()]
@@ -614,21 +611,23 @@ def row_stride_quality(a: argparse.Namespace, tmp: Path, peaks: list[float]) -> 
     (tmp / "heldout.jsonl").write_text("".join(json.dumps(d) + "\n" for d in held))
 
     def evaluate(stride: int, int8: bool) -> dict[str, Any]:
-        out = tmp / f"eval_{stride}_{int8}.json"
         t = time.perf_counter()
-        _cli(
-            "evaluate",
-            str(run),
-            f"data.path={tmp / 'heldout.jsonl'}",
-            "data.val_path=null",  # the training run's CoNLL test file
-            "data.format=jsonl",
-            "data.split=all",
-            "data.window=256",
-            f"data.eval_stride={stride}",
-            f"speed.int8_inference={str(int8).lower()}",
-            f"output={out}",
+        metrics = _run(
+            [
+                "hf-tune",
+                "evaluate",
+                str(run),
+                f"data.path={tmp / 'heldout.jsonl'}",
+                "data.val_path=null",  # the training run's CoNLL test file
+                "data.format=jsonl",
+                "data.split=all",
+                "data.window=256",
+                f"data.eval_stride={stride}",
+                f"speed.int8_inference={str(int8).lower()}",
+            ],
+            REPO,
         )
-        return {"seconds": time.perf_counter() - t, **json.loads(out.read_text())}
+        return {"seconds": time.perf_counter() - t, **metrics}
 
     variants = {"eval_stride=127": (127, False), "eval_stride=254": (254, False), "eval_stride=254+int8": (254, True)}
     runs = _alternate(a, {name: (lambda v=v: evaluate(*v)) for name, v in variants.items()}, peaks)
@@ -654,13 +653,6 @@ def row_stride_quality(a: argparse.Namespace, tmp: Path, peaks: list[float]) -> 
         for k in ("span_f1_micro", "overlap_f1", "aupr"):
             line[f"{k}_minus_stride_127"] = round(line[k] - base[k], 4)
     return lines
-
-
-def _cli(*args: str) -> None:
-    """One hf-tune command in a fresh process (as a user runs it); its stderr is shown when it fails."""
-    r = subprocess.run(["hf-tune", *args], capture_output=True, text=True, cwd=REPO)
-    if r.returncode:
-        raise SystemExit(f"hf-tune {args[0]} failed:\n{r.stderr[-3000:]}")
 
 
 def row_predict(a: argparse.Namespace, tmp: Path, peaks: list[float]) -> list[dict[str, Any]]:

@@ -87,21 +87,23 @@ def int8_linear(model):
     float. torch marks ``torch.ao.quantization`` for migration to torchao, whose int8 path is slower than float
     on a CPU without ``torch.compile`` (measured: 3x slower on MiniLM), so this keeps the fbgemm/oneDNN kernels
     and silences the deprecation notice; it raises a clear error if a later torch removes them."""
-    import copy
     import warnings
 
     import torch
 
+    from hf_tune.errors import ConfigError
+
     quantization = getattr(torch.ao, "quantization", None)
     if quantization is None or not hasattr(quantization, "quantize_dynamic"):
-        raise RuntimeError(
-            f"speed.int8_inference: this torch ({torch.__version__}) has no torch.ao.quantization.quantize_dynamic;"
-            " drop speed.int8_inference"
+        raise ConfigError(
+            [
+                f"speed.int8_inference: this torch ({torch.__version__}) has no "
+                "torch.ao.quantization.quantize_dynamic; drop speed.int8_inference"
+            ]
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # quantize_dynamic quantizes an evaluation-mode copy: the caller's model is left as it was
         return quantization.quantize_dynamic(
-            copy.deepcopy(model).cpu().eval(),
-            {torch.nn.Linear: quantization.per_channel_dynamic_qconfig},
-            dtype=torch.qint8,
+            model, {torch.nn.Linear: quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8
         )

@@ -660,9 +660,8 @@ class Recipe:
     def inference_model(self, model_dir: Path):
         """The saved model as ``evaluate`` and ``predict`` run it: :meth:`load_model`, with its Linear layers
         quantized to int8 when ``speed.int8_inference`` asks (CPU only, so refused where a GPU would run it)."""
-        model = self.load_model(model_dir)
         if not self.cfg.speed.int8_inference:
-            return model
+            return self.load_model(model_dir)
         import torch
 
         from hf_tune.errors import ConfigError
@@ -673,7 +672,7 @@ class Recipe:
                 ["speed.int8_inference runs on the CPU only: add training.use_cpu=true, or drop speed.int8_inference"]
             )
         log("speed: Linear layers quantized to int8 for inference (speed.int8_inference)")
-        return int8_linear(model)
+        return int8_linear(self.load_model(model_dir))
 
     def eval_dataset(self, split: str, model_dir: Path) -> tuple[str, Any]:
         """Build the dataset for ``hf-tune evaluate`` from ``cfg.data``; returns (split name, dataset)."""

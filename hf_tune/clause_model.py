@@ -62,6 +62,12 @@ class ClauseExtractorConfig(PretrainedConfig):
         unit_pos_weight, token_pos_weight: weight of positive targets in the two losses (clauses are rare).
         unit_ngrams: hash buckets of a bag of each unit's word unigrams and bigrams, embedded (mean) and added to
             the unit head's input projection (see hf_tune.data.clauses.unit_ngrams); 0: off.
+        token_bias: per token category, an offset added to its B- and I- logits before decoding (tuned on the
+            validation split): a head trained on text where names are rare under-predicts them, and the
+            CRF path has no threshold to lower.
+        token_copies: (source, target) token categories: every predicted source span is also a target span. With
+            one BIO sequence two categories cannot tag the same words, and on CUAD half of the Effective Dates
+            are the Agreement Date span (kept only when the validation split says it pays).
     """
 
     model_type = "hf_tune_clause_extractor"
@@ -87,6 +93,8 @@ class ClauseExtractorConfig(PretrainedConfig):
         token_scheme: str = "bio",
         token_casing: bool = False,
         unit_ngrams: int = 0,
+        token_bias: dict[str, float] | None = None,
+        token_copies: list[list[str]] | None = None,
         **kwargs: Any,
     ) -> None:
         self.encoder = encoder or {}
@@ -110,6 +118,8 @@ class ClauseExtractorConfig(PretrainedConfig):
         self.token_scheme = token_scheme
         self.token_casing = token_casing
         self.unit_ngrams = unit_ngrams
+        self.token_bias = dict(token_bias or {})
+        self.token_copies = [list(pair) for pair in token_copies or []]
         super().__init__(**kwargs)
 
     @property
@@ -407,18 +417,41 @@ class ClauseExtractorModel(PreTrainedModel):
     def token_outputs(self, inputs: np.ndarray, first: list[bool]) -> np.ndarray:
         """Per token the tag id and its probability: (T, 2) for one BIO sequence, (T, C, 2) per category (O/B/I
         ids). With a CRF, the best valid path over the document's first subwords, each tag with its softmax
-        probability; continuation subwords inherit their word's later."""
+        probability; continuation subwords inherit their word's later. ``config.token_bias`` applies."""
+        return self.tags_from_logits(self.token_logits(inputs), first)
+
+    @torch.no_grad()
+    def token_logits(self, inputs: np.ndarray) -> torch.Tensor:
+        """(T, token_outputs_width) raw logits of the token head (no bias): what decoding options are tuned on."""
         self.eval()
+        if not len(inputs) or not self.config.token_categories:
+            return torch.zeros(len(inputs), self.config.token_outputs_width)
+        return self.token_head(torch.as_tensor(inputs, dtype=torch.float32, device=self.device)[None])[0]
+
+    @torch.no_grad()
+    def tags_from_logits(
+        self, logits: torch.Tensor, first: list[bool], bias: dict[str, float] | None = None
+    ) -> np.ndarray:
+        """:meth:`token_outputs` from the head's logits, with ``bias`` (default ``config.token_bias``) added to
+        each token category's B- and I- logits first."""
         c = len(self.config.token_categories)
-        shape = (len(inputs), c, 2) if self.config.per_category else (len(inputs), 2)
-        if not len(inputs) or not c:
+        shape = (len(logits), c, 2) if self.config.per_category else (len(logits), 2)
+        if not len(logits) or not c:
             return np.zeros(shape, np.float32)
-        logits = self.token_head(torch.as_tensor(inputs, dtype=torch.float32, device=self.device)[None])[0]
+        logits = logits + self.bias_vector(self.config.token_bias if bias is None else bias).to(logits.device)
         if not self.config.per_category:
             return self._best_tags(logits, first, self.crf)
-        per = logits.view(len(inputs), c, 3)
+        per = logits.view(len(logits), c, 3)
         crfs = self.category_crfs or [None] * c
         return np.stack([self._best_tags(per[:, k], first, crfs[k]) for k in range(c)], axis=1)
+
+    def bias_vector(self, bias: dict[str, float]) -> torch.Tensor:
+        """(token_outputs_width,) the per-category offsets of ``bias`` at their B- and I- logits (0 at O)."""
+        c = self.config
+        names = (
+            [f"{t}-{cat}" for cat in c.token_categories for t in ("O", "B", "I")] if c.per_category else c.token_labels
+        )
+        return torch.tensor([0.0 if n[:2] not in ("B-", "I-") else bias.get(n[2:], 0.0) for n in names])
 
     @staticmethod
     def _best_tags(logits: torch.Tensor, first: list[bool], crf: CRF | None) -> np.ndarray:
@@ -466,9 +499,11 @@ class ClauseExtractorModel(PreTrainedModel):
                 if c.per_category
                 else [(c.token_labels, token_out)]
             )
+            found = []
             for names, out in sequences:
                 tags = inherit_first_subword([names[int(i)] for i in out[:, 0]], first)
-                spans += decode_bio(tags, offsets, out[:, 1])
+                found += decode_bio(tags, offsets, out[:, 1])
+            spans += found + copied_spans(found, c.token_copies)
         return sorted(spans, key=lambda x: (x[0].start, x[0].end, x[0].category))
 
     def extract(self, tokenizer, text: str, threshold: float | None = None) -> list[tuple[Span, float]]:
@@ -478,6 +513,20 @@ class ClauseExtractorModel(PreTrainedModel):
         token_out = self.token_outputs(self.token_inputs(text, offsets, states), first)
         probs = self.unit_probs(feats, self.unit_ngram_ids(text, units))
         return self.decode(units, probs, offsets, first, token_out, threshold)
+
+
+def copied_spans(spans: list[tuple[Span, float]], copies: list[list[str]]) -> list[tuple[Span, float]]:
+    """For each (source, target) pair, every ``source`` span again as a ``target`` span with the same score;
+    a target span already predicted at the same place is not repeated."""
+    have = {s for s, _ in spans}
+    out = []
+    for source, target in copies:
+        for span, score in spans:
+            twin = Span(span.start, span.end, target)
+            if span.category == source and twin not in have:
+                have.add(twin)
+                out.append((twin, score))
+    return out
 
 
 AutoConfig.register(ClauseExtractorConfig.model_type, ClauseExtractorConfig)

@@ -331,3 +331,90 @@ def test_a_token_weight_the_crf_never_reads_is_reported_not_refused():
     assert "model.token_pos_weight=4.0 has no effect" in warning and "model.token_crf=false" in warning
     assert ignored_settings(ClauseModelConfig(token_pos_weight=4.0, token_crf=False)) == []
     assert ignored_settings(ClauseModelConfig(token_pos_weight=4.0, token_scheme="per_category")) == []
+
+
+@pytest.mark.parametrize(("scheme", "crf"), [("bio", True), ("bio", False), ("per_category", True)])
+def test_a_token_bias_turns_a_category_on_and_zero_bias_changes_nothing(scheme, crf):
+    import torch
+
+    torch.manual_seed(0)
+    model = _tiny_clause_model(scheme, crf)
+    t, first = 6, [True] * 6
+    logits = torch.zeros(t, model.config.token_outputs_width)
+    if scheme == "bio":  # O wins everywhere by 2; B-Effective Date at token 2, I- at 3 are next best
+        logits[:, 0] = 2.0
+        logits[2, 3], logits[3, 4] = 1.0, 1.0
+    else:
+        logits.view(t, 2, 3)[:, :, 0] = 2.0
+        logits.view(t, 2, 3)[2, 1, 1], logits.view(t, 2, 3)[3, 1, 2] = 1.0, 1.0
+    plain = model.tags_from_logits(logits, first)
+    assert (plain[..., 0] == 0).all()  # nothing but O
+    np.testing.assert_array_equal(model.tags_from_logits(logits, first, {"Effective Date": 0.0}), plain)
+    on = model.tags_from_logits(logits, first, {"Effective Date": 1.5})  # 2.5 beats O's 2 only at 2 and 3
+    offsets = [(i * 5, i * 5 + 4) for i in range(t)]
+    spans = {s for s, _ in model.decode([], np.zeros((0, 2)), offsets, first, on)}
+    assert spans == {Span(10, 19, "Effective Date")}
+    model.config.token_bias = {"Effective Date": 1.5}  # the saved offsets are what token_outputs applies
+    np.testing.assert_array_equal(model.tags_from_logits(logits, first), on)
+    vec = model.bias_vector({"Agreement Date": -1.0})
+    o_positions = [0] if scheme == "bio" else [0, 3]
+    assert vec[o_positions].tolist() == [0.0] * len(o_positions) and sorted(set(vec.tolist())) == [-1.0, 0.0]
+
+
+def test_copied_spans_and_copy_candidates():
+    from hf_tune.clause_model import copied_spans
+    from hf_tune.data.spans import Document
+    from hf_tune.recipes.clause_extraction import copy_candidates
+
+    found = [(Span(0, 8, "Agreement Date"), 0.9), (Span(20, 25, "Parties"), 0.8), (Span(30, 38, "Effective Date"), 0.7)]
+    pairs = [["Agreement Date", "Effective Date"]]
+    assert copied_spans(found, pairs) == [(Span(0, 8, "Effective Date"), 0.9)]
+    already = [*found, (Span(0, 8, "Effective Date"), 0.5)]
+    assert copied_spans(already, pairs) == []  # never the same span twice
+    assert copied_spans(found, []) == []
+
+    def doc(*spans):
+        return Document("x" * 100, [Span(a, b, c) for a, b, c in spans])
+
+    docs = [
+        doc((0, 8, "Agreement Date"), (0, 8, "Effective Date"), (20, 25, "Parties")),
+        doc((0, 8, "Agreement Date"), (40, 48, "Effective Date")),
+        doc((0, 8, "Agreement Date"), (0, 8, "Effective Date")),
+        doc((50, 58, "Agreement Date")),
+    ]
+    cats = ["Agreement Date", "Effective Date", "Parties"]
+    # 2 of 3 Effective Dates are an Agreement Date span; 2 of 4 Agreement Dates are an Effective Date span
+    assert copy_candidates(docs, cats, 0.6) == [["Agreement Date", "Effective Date"]]
+    assert copy_candidates(docs, cats, 0.5) == [
+        ["Effective Date", "Agreement Date"],
+        ["Agreement Date", "Effective Date"],
+    ]
+    assert copy_candidates(docs, cats, 0.9) == []
+
+
+def test_training_items_report_the_lengths_their_heads_loop_over():
+    from hf_tune.recipes.clause_extraction import TrainItems
+
+    items = TrainItems(
+        [
+            {"unit_features": np.zeros((256, 4)), "unit_labels": np.zeros((256, 2))},
+            {"token_features": np.zeros((1020, 4)), "token_labels": np.zeros(1020)},
+            {"unit_features": np.zeros((17, 4)), "unit_labels": np.zeros((17, 2))},
+        ]
+    )
+    assert items.lengths == [256, 1020, 17]
+
+
+def test_the_collator_cuts_token_sequences_into_rows_of_one_batch():
+    from hf_tune.data.spans import IGNORE
+    from hf_tune.recipes.clause_extraction import ClauseCollator
+
+    x = np.arange(14, dtype=np.float32).reshape(7, 2)
+    y = np.arange(7)
+    unit = {"unit_features": np.ones((4, 3)), "unit_labels": np.zeros((4, 2))}
+    whole = ClauseCollator()([{"token_features": x, "token_labels": y}, unit])
+    assert whole["token_features"].shape == (1, 7, 2) and whole["unit_features"].shape == (1, 4, 3)
+    cut = ClauseCollator(token_chunk=3)([{"token_features": x, "token_labels": y}, unit])
+    assert cut["token_features"].shape == (3, 3, 2) and cut["unit_features"].shape == (1, 4, 3)
+    assert cut["token_labels"].tolist() == [[0, 1, 2], [3, 4, 5], [6, IGNORE, IGNORE]]
+    assert cut["token_features"][2, 0].tolist() == [12.0, 13.0] and not cut["token_features"][2, 1:].any()

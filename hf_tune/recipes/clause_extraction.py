@@ -102,6 +102,12 @@ class ClauseDataConfig(DataSplitsConfig):
     max_eval_docs: int | None = None
     chunk_units: int = 256
     """Units per training sequence for the document-level GRU (documents are cut into chunks of this many)."""
+    token_chunk: int = 0
+    """Tokens per row of the token head in training: each document's opening tokens (model.token_tokens) are
+    cut into pieces this long, which become rows of the same batch; 0: one row per document. The GRU and the
+    CRF step through a row one token at a time, so on a CPU a batch costs about its longest row: cut into four,
+    the same tokens and the same number of updates cost about a quarter. Evaluation and prediction read the
+    whole opening as one sequence."""
     cache_features: bool = True
     """Keep the encoder outputs under training.output_dir/features, so a resumed run does not recompute them."""
     feature_cache: str | None = None
@@ -109,7 +115,9 @@ class ClauseDataConfig(DataSplitsConfig):
     search or an ablation over the heads then reads every contract once); entries are keyed by content."""
     tune_decoding: bool = True
     """After the thresholds, also choose on the validation split whether to merge fragments of a clause
-    (model.merge_gap 0-2 units) and to drop spans shorter than the category's shortest training spans."""
+    (model.merge_gap 0-2 units) and to drop spans shorter than the category's shortest training spans, and for
+    the token categories an offset to each one's logits and which predictions to copy to a category that often
+    marks the same words (see ClauseExtractorConfig.token_bias and token_copies)."""
 
 
 @dataclass
@@ -148,6 +156,10 @@ class ClauseExtractionConfig(BaseConfig):
             errors.append(f"model.segmenter must be one of {SEGMENTERS.names()}, got {m.segmenter!r}")
         if d.chunk_units < 1:
             errors.append("data.chunk_units must be >= 1")
+        if d.token_chunk < 0:
+            errors.append(
+                f"data.token_chunk must be 0 (whole sequences) or a number of tokens >= 1, got {d.token_chunk}"
+            )
         if self.techniques.lora.enabled:
             errors.append("techniques.lora: the encoder is frozen in clause_extraction; only the heads train")
         if self.techniques.loss != LossConfig():
@@ -182,11 +194,22 @@ class DocFeatures:
 
 
 class ClauseCollator:
-    """Pads unit chunks and token sequences of a batch separately (a batch may hold either or both)."""
+    """Pads unit chunks and token sequences of a batch separately (a batch may hold either or both); with
+    ``token_chunk`` each token sequence is cut into rows of at most that many tokens (see data.token_chunk)."""
+
+    def __init__(self, token_chunk: int = 0) -> None:
+        self.token_chunk = token_chunk
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         units = [f for f in features if "unit_features" in f]
         tokens = [f for f in features if "token_features" in f]
+        if self.token_chunk:
+            size = self.token_chunk
+            tokens = [
+                {"token_features": f["token_features"][s : s + size], "token_labels": f["token_labels"][s : s + size]}
+                for f in tokens
+                for s in range(0, len(f["token_features"]), size)
+            ]
         batch: dict[str, torch.Tensor] = {}
         if units:
             n, width = max(len(f["unit_features"]) for f in units), units[0]["unit_features"].shape[1]
@@ -218,6 +241,19 @@ class ClauseCollator:
                 y[i, :m] = torch.as_tensor(f["token_labels"])
             batch |= {"token_features": x, "token_labels": y}
         return batch
+
+
+class TrainItems(list):
+    """The training items (unit chunks and token sequences) with their lengths, the steps the heads' GRUs run
+    through one after another (hf_tune.data.batching.sequence_lengths reads ``lengths``), so that
+    ``training.train_sampling_strategy=group_by_length`` works for this kind: batches then hold items of similar
+    length. Not the default: on CUAD it made an epoch 1.5x faster but gave the token head a third of the updates
+    (its items no longer ride along in every batch), and 25 epochs scored below 15 mixed ones
+    (docs/benchmarks.md); ``data.token_chunk`` is the speed setting."""
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x["unit_features"]) if "unit_features" in x else len(x["token_features"]) for x in self]
 
 
 def ignored_settings(m: ClauseModelConfig) -> list[str]:
@@ -311,11 +347,32 @@ def shortest_spans(docs: list[Document], categories: list[str], percentile: floa
     return out
 
 
+def copy_candidates(docs: list[Document], categories: list[str], share: float) -> list[list[str]]:
+    """(source, target) pairs of token categories where at least ``share`` of the target's training spans are
+    exactly a source span: one BIO sequence can tag only one of the two, so the target is lost there unless the
+    source's predictions are copied to it (whether that pays is decided on the validation split)."""
+    where: dict[str, set[tuple[int, int, int]]] = {c: set() for c in categories}
+    for i, d in enumerate(docs):
+        for s in d.spans:
+            if s.category in where:
+                where[s.category].add((i, s.start, s.end))
+    return [
+        [source, target]
+        for target in categories
+        for source in categories
+        if source != target and where[target] and len(where[target] & where[source]) >= share * len(where[target])
+    ]
+
+
 # --------------------------------------------------------------------------------------------------
 # Recipe
 # --------------------------------------------------------------------------------------------------
 
+
 THRESHOLD_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+TOKEN_BIAS_GRID = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0)
+"""Offsets tried for each token category's B-/I- logits (0: the trained head as it is)."""
+COPY_SHARE = 0.25
 MIN_GOLD_TO_TUNE = 15
 FEATURE_CHUNK_DOCS = 16  # documents whose units are encoded together (padding vs. cache progress on a kill)
 
@@ -492,9 +549,9 @@ class ClauseExtractionRecipe(Recipe):
     def _token_inputs(self, model, f: DocFeatures) -> np.ndarray:
         return model.token_inputs(f.doc.text, f.offsets, f.token_states)
 
-    def _train_items(self, feats: list[DocFeatures]) -> list[dict[str, np.ndarray]]:
+    def _train_items(self, feats: list[DocFeatures]) -> TrainItems:
         step = self.cfg.data.chunk_units
-        items: list[dict[str, np.ndarray]] = []
+        items = TrainItems()
         for f in feats:
             y = unit_targets(f.units, f.doc.spans, self.unit_categories)
             for s in range(0, len(f.units) if self.unit_categories else 0, step):
@@ -518,7 +575,7 @@ class ClauseExtractionRecipe(Recipe):
         return []
 
     def data_collator(self):
-        return ClauseCollator()
+        return ClauseCollator(self.cfg.data.token_chunk)
 
     def processing_class(self):
         return self.tokenizer
@@ -530,10 +587,12 @@ class ClauseExtractionRecipe(Recipe):
     def evaluate(self) -> dict[str, float]:
         """Tune each unit category's threshold on val, then score val and test whole documents."""
         if "val" in self.features:
+            self.model.config.token_bias, self.model.config.token_copies = {}, []  # tuned below, from scratch
             self.model.config.thresholds = self._tune_thresholds(self.features["val"])
             log(f"unit thresholds tuned on val: {self.model.config.thresholds}")
             if self.cfg.data.tune_decoding:
                 self._tune_decoding(self.features["val"])
+                self._tune_token_decoding(self.features["val"])
         out: dict[str, float] = {}
         for split, prefix in (("val", "eval"), ("test", "test")):
             if split in self.features:
@@ -604,6 +663,57 @@ class ClauseExtractionRecipe(Recipe):
             f"decoding tuned on val: begin_margin={margin}, merge_gap={gap}, "
             f"minimum span lengths {'on' if shortest else 'off'}"
         )
+
+    def _tune_token_decoding(self, feats: list[DocFeatures]) -> None:
+        """Per token category an offset to its B-/I- logits (:data:`TOKEN_BIAS_GRID`), then which of the
+        :func:`copy_candidates` to keep, each by coordinate ascent on exact + overlap micro F1 of the whole model
+        on these documents (ties keep the head as trained and no copies); the offsets are revisited once when a
+        copy was kept, since a copy makes its source's spans count twice."""
+        c, model = self.model.config, self.model
+        if not c.token_categories or not feats:
+            return
+        outputs = [
+            (model.unit_probs(f.unit_features, f.unit_ngrams), model.token_logits(self._token_inputs(model, f)))
+            for f in feats
+        ]
+        gold = [set(f.doc.spans) for f in feats]
+        cats = c.unit_categories + c.token_categories
+        tags: dict[tuple, list[np.ndarray]] = {}
+
+        def quality(bias: dict[str, float], copies: list[list[str]]) -> float:
+            key = tuple(sorted(bias.items()))
+            if key not in tags:
+                tags[key] = [
+                    model.tags_from_logits(lg, f.first, bias) for f, (_, lg) in zip(feats, outputs, strict=True)
+                ]
+            c.token_copies = copies
+            pred = [
+                {s for s, _ in model.decode(f.units, p, f.offsets, f.first, tok)}
+                for f, (p, _), tok in zip(feats, outputs, tags[key], strict=True)
+            ]
+            r = span_metrics(pred, gold, cats)
+            return r["span_f1_micro"] + r["overlap_f1"]
+
+        def tune_bias(bias: dict[str, float], copies: list[list[str]]) -> dict[str, float]:
+            for cat in c.token_categories:
+                best, best_value = bias.get(cat, 0.0), quality(bias, copies)
+                for b in TOKEN_BIAS_GRID:
+                    value = quality(bias | {cat: b}, copies)
+                    if value > best_value + 1e-12:
+                        best, best_value = b, value
+                bias = bias | {cat: best}
+            return {k: v for k, v in bias.items() if v}
+
+        bias = tune_bias({}, [])
+        copies: list[list[str]] = []
+        if c.token_scheme == "bio":  # per category sequences tag overlapping spans themselves
+            for pair in copy_candidates(self.docs["train"], c.token_categories, COPY_SHARE):
+                if quality(bias, [*copies, pair]) > quality(bias, copies) + 1e-12:
+                    copies.append(pair)
+            if copies:
+                bias = tune_bias(bias, copies)
+        c.token_bias, c.token_copies = bias, copies
+        log(f"token decoding tuned on val: logit offsets {bias or 'none'}, copies {copies or 'none'}")
 
     def _score(self, feats: list[DocFeatures], model=None) -> dict[str, float]:
         model = model or self.model

@@ -418,3 +418,34 @@ def test_the_collator_cuts_token_sequences_into_rows_of_one_batch():
     assert cut["token_features"].shape == (3, 3, 2) and cut["unit_features"].shape == (1, 4, 3)
     assert cut["token_labels"].tolist() == [[0, 1, 2], [3, 4, 5], [6, IGNORE, IGNORE]]
     assert cut["token_features"][2, 0].tolist() == [12.0, 13.0] and not cut["token_features"][2, 1:].any()
+
+
+def test_token_decoding_tuning_finds_the_offset_and_the_copy_that_pay(monkeypatch):
+    import torch
+
+    from hf_tune.data.spans import Document
+    from hf_tune.recipes.clause_extraction import MIN_GOLD_TO_TUNE, ClauseExtractionRecipe, DocFeatures
+
+    model = _tiny_clause_model("bio")
+    model.config.token_casing = False
+    monkeypatch.setattr(model, "token_logits", lambda inputs: torch.as_tensor(inputs))  # the "states" are logits
+    text = "On 1 May 2020 the parties agree."
+    offsets = [(0, 2), (3, 4), (5, 8), (9, 13), (14, 17), (18, 25)]
+    date = [Span(3, 13, "Agreement Date"), Span(3, 13, "Effective Date")]  # one date, two categories
+    logits = np.zeros((6, 5), np.float32)  # O, B-Agreement Date, I-Agreement Date, B-Effective Date, I-Effective Date
+    logits[:, 0] = 2.0
+    logits[1, 1], logits[2:4, 2] = 1.8, 1.8  # the date is Agreement Date's, just below O
+    feats = [
+        DocFeatures(Document(text, list(date)), [], np.zeros((0, 17), np.float32), offsets, [True] * 6, logits)
+        for _ in range(MIN_GOLD_TO_TUNE)
+    ]
+    recipe = object.__new__(ClauseExtractionRecipe)
+    recipe.model, recipe.docs = model, {"train": [f.doc for f in feats]}
+    recipe._tune_token_decoding(feats)
+    assert model.config.token_bias == {"Agreement Date": 0.25}  # the smallest offset that finds the dates
+    assert model.config.token_copies == [["Agreement Date", "Effective Date"]]
+    tags = model.token_outputs(logits, [True] * 6)
+    assert {s for s, _ in model.decode([], np.zeros((0, 2)), offsets, [True] * 6, tags)} == set(date)
+
+    recipe._tune_token_decoding(feats[: MIN_GOLD_TO_TUNE - 1])  # too few gold spans to move anything
+    assert model.config.token_bias == {} and model.config.token_copies == []

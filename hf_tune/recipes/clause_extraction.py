@@ -668,7 +668,8 @@ class ClauseExtractionRecipe(Recipe):
         """Per token category an offset to its B-/I- logits (:data:`TOKEN_BIAS_GRID`), then which of the
         :func:`copy_candidates` to keep, each by coordinate ascent on exact + overlap micro F1 of the whole model
         on these documents (ties keep the head as trained and no copies); the offsets are revisited once when a
-        copy was kept, since a copy makes its source's spans count twice."""
+        copy was kept, since a copy makes its source's spans count twice. Only categories with at least
+        MIN_GOLD_TO_TUNE gold spans here are tuned (copied to), as for the thresholds."""
         c, model = self.model.config, self.model
         if not c.token_categories or not feats:
             return
@@ -694,8 +695,12 @@ class ClauseExtractionRecipe(Recipe):
             r = span_metrics(pred, gold, cats)
             return r["span_f1_micro"] + r["overlap_f1"]
 
+        # like the thresholds: a category's setting moves only where this split holds enough of its gold spans
+        counted = {cat: sum(s.category == cat for g in gold for s in g) for cat in c.token_categories}
+        eligible = [cat for cat in c.token_categories if counted[cat] >= MIN_GOLD_TO_TUNE]
+
         def tune_bias(bias: dict[str, float], copies: list[list[str]]) -> dict[str, float]:
-            for cat in c.token_categories:
+            for cat in eligible:
                 best, best_value = bias.get(cat, 0.0), quality(bias, copies)
                 for b in TOKEN_BIAS_GRID:
                     value = quality(bias | {cat: b}, copies)
@@ -708,7 +713,7 @@ class ClauseExtractionRecipe(Recipe):
         copies: list[list[str]] = []
         if c.token_scheme == "bio":  # per category sequences tag overlapping spans themselves
             for pair in copy_candidates(self.docs["train"], c.token_categories, COPY_SHARE):
-                if quality(bias, [*copies, pair]) > quality(bias, copies) + 1e-12:
+                if pair[1] in eligible and quality(bias, [*copies, pair]) > quality(bias, copies) + 1e-12:
                     copies.append(pair)
             if copies:
                 bias = tune_bias(bias, copies)

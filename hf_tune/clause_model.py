@@ -448,10 +448,8 @@ class ClauseExtractorModel(PreTrainedModel):
     def bias_vector(self, bias: dict[str, float]) -> torch.Tensor:
         """(token_outputs_width,) the per-category offsets of ``bias`` at their B- and I- logits (0 at O)."""
         c = self.config
-        names = (
-            [f"{t}-{cat}" for cat in c.token_categories for t in ("O", "B", "I")] if c.per_category else c.token_labels
-        )
-        return torch.tensor([0.0 if n[:2] not in ("B-", "I-") else bias.get(n[2:], 0.0) for n in names])
+        names = [n for cat in c.token_categories for n in c.category_labels(cat)] if c.per_category else c.token_labels
+        return torch.tensor([0.0 if n == "O" else bias.get(n[2:], 0.0) for n in names])
 
     @staticmethod
     def _best_tags(logits: torch.Tensor, first: list[bool], crf: CRF | None) -> np.ndarray:

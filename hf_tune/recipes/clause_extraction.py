@@ -673,10 +673,13 @@ class ClauseExtractionRecipe(Recipe):
         c, model = self.model.config, self.model
         if not c.token_categories or not feats:
             return
-        outputs = [
-            (model.unit_probs(f.unit_features, f.unit_ngrams), model.token_logits(self._token_inputs(model, f)))
+        no_tokens = np.zeros((0, 2), np.float32)
+        # the unit spans do not depend on anything tuned here: decoded once (decode() skips a part with no inputs)
+        unit_spans = [
+            {s for s, _ in model.decode(f.units, model.unit_probs(f.unit_features, f.unit_ngrams), [], [], no_tokens)}
             for f in feats
         ]
+        logits = [model.token_logits(self._token_inputs(model, f)) for f in feats]
         gold = [set(f.doc.spans) for f in feats]
         cats = c.unit_categories + c.token_categories
         tags: dict[tuple, list[np.ndarray]] = {}
@@ -684,13 +687,11 @@ class ClauseExtractionRecipe(Recipe):
         def quality(bias: dict[str, float], copies: list[list[str]]) -> float:
             key = tuple(sorted(bias.items()))
             if key not in tags:
-                tags[key] = [
-                    model.tags_from_logits(lg, f.first, bias) for f, (_, lg) in zip(feats, outputs, strict=True)
-                ]
+                tags[key] = [model.tags_from_logits(lg, f.first, bias) for f, lg in zip(feats, logits, strict=True)]
             c.token_copies = copies
             pred = [
-                {s for s, _ in model.decode(f.units, p, f.offsets, f.first, tok)}
-                for f, (p, _), tok in zip(feats, outputs, tags[key], strict=True)
+                units | {s for s, _ in model.decode([], no_tokens, f.offsets, f.first, tok)}
+                for f, units, tok in zip(feats, unit_spans, tags[key], strict=True)
             ]
             r = span_metrics(pred, gold, cats)
             return r["span_f1_micro"] + r["overlap_f1"]

@@ -449,3 +449,37 @@ def test_token_decoding_tuning_finds_the_offset_and_the_copy_that_pay(monkeypatc
 
     recipe._tune_token_decoding(feats[: MIN_GOLD_TO_TUNE - 1])  # too few gold spans to move anything
     assert model.config.token_bias == {} and model.config.token_copies == []
+
+
+def test_encoder_dtype_resolves_per_device_and_bfloat16_features_stay_close(tiny_bert, monkeypatch):
+    import torch
+    from transformers import AutoTokenizer, BertConfig
+
+    import hf_tune.clause_model as cm
+
+    cpu = torch.device("cpu")
+    assert cm.encoder_compute_dtype("float32", cpu) == torch.float32
+    assert cm.encoder_compute_dtype("bfloat16", cpu) == torch.bfloat16
+    monkeypatch.setattr(cm, "native_bf16", lambda device: False)
+    assert cm.encoder_compute_dtype("auto", cpu) == torch.float32  # emulated bfloat16 would be slower
+    monkeypatch.setattr(cm, "native_bf16", lambda device: True)
+    assert cm.encoder_compute_dtype("auto", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="encoder_dtype"):
+        cm.encoder_compute_dtype("float16", cpu)
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    enc = BertConfig.from_pretrained(tiny_bert)
+    model = cm.ClauseExtractorModel(cm.ClauseExtractorConfig(encoder=enc.to_dict(), unit_categories=["Law"], hidden=8))
+    text = "1. Governing Law. This Agreement is governed by New York law.\n2. Term. Five years; it renews."
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        model.config.encoder_dtype = dtype
+        _, units = model.unit_features(tok, text)
+        _, _, states = model.token_features(tok, text)
+        assert units.dtype == states.dtype == np.float32
+        out[dtype] = (units[:, :-1], states)
+    for f32, b16 in zip(out["float32"], out["bfloat16"], strict=True):
+        assert not np.array_equal(f32, b16)  # it really ran in bfloat16
+        cos = (f32 * b16).sum(1) / np.linalg.norm(f32, axis=1) / np.linalg.norm(b16, axis=1)
+        assert cos.min() > 0.999

@@ -54,6 +54,12 @@ def test_cached_features_equal_the_live_encoder_and_are_reused(tiny_bert, contra
     np.testing.assert_array_equal(again.features["train"][0].unit_features, f.unit_features)
     np.testing.assert_array_equal(again.features["train"][0].token_states, f.token_states)
 
+    # features the encoder computed in another precision (model.encoder_dtype) are another cache entry
+    key = again._cache_key(f.doc)
+    other = "float32" if str(again._probe.encoder_dtype) == "torch.bfloat16" else "bfloat16"
+    again._probe.config.encoder_dtype = other
+    assert again._cache_key(f.doc) != key
+
 
 @pytest.mark.parametrize(
     "extra",

@@ -24,8 +24,9 @@ of a row alternate within each repeat, in fresh processes, so drift in machine s
   tokens/s and window tokens/s (windows overlap, so the encoder reads about twice the document's tokens).
 - ``clause_features``: the clause recipe's frozen-encoder pass over every unit of the held-out contracts,
   batches of 64 sorted by characters (``before``) vs ``unit_features_many``' pooled token-budget batches
-  (``after``, as training encodes them), in one process, alternated; real tokens/s, padding and the largest
-  feature difference between the two.
+  (``after``, as training encodes them) vs the same under bfloat16 autocast (``after_bf16``,
+  ``model.encoder_dtype=bfloat16``), in one process, alternated; real tokens/s, padding, the largest feature
+  difference between the first two and the cosine of the bfloat16 features to the float32 ones.
 - ``stride_quality``: what ``data.eval_stride=254`` costs: the conll row's hf_tune tagger, trained through
   ``hf-tune train``, scored by ``hf-tune evaluate`` on whole held-out contracts at stride 127, 254 and 254 with
   ``speed.int8_inference=true`` (int8 Linear layers), alternated.
@@ -732,7 +733,9 @@ def row_clause_features(a: argparse.Namespace, tmp: Path, peaks: list[float]) ->
     from transformers import AutoModel, AutoTokenizer
 
     sys.path.insert(0, str(REPO))
-    from hf_tune.clause_model import ClauseExtractorModel
+    import torch
+
+    from hf_tune.clause_model import ClauseExtractorModel, native_bf16
     from hf_tune.data.batching import padded_tokens, token_budget_batches
     from hf_tune.data.clauses import SEGMENTERS
 
@@ -756,14 +759,18 @@ def row_clause_features(a: argparse.Namespace, tmp: Path, peaks: list[float]) ->
             padded, out = padded + p, [*out, f]
         return {"seconds": time.perf_counter() - t0, "padded": padded, "feats": out}
 
-    def after() -> dict[str, Any]:
+    def after(dtype: str = "float32") -> dict[str, Any]:
+        model.config.encoder_dtype = dtype
         t0 = time.perf_counter()
         out = [f[:, :-1] for _, f in model.unit_features_many(tok, texts)]  # all at once, as training does
         return {"seconds": time.perf_counter() - t0, "padded": after_padded, "feats": out}
 
-    runs = _alternate(a, {"before": before, "after": after}, peaks)
+    configs = {"before": before, "after": after, "after_bf16": lambda: after("bfloat16")}
+    runs = _alternate(a, configs, peaks)
     pairs = zip(runs["before"][0]["feats"], runs["after"][0]["feats"], strict=True)
     diff = max(float(np.abs(x - y).max()) for x, y in pairs)
+    f32, b16 = (np.concatenate(runs[name][0]["feats"]) for name in ("after", "after_bf16"))
+    cosine = (f32 * b16).sum(1) / np.maximum(np.linalg.norm(f32, axis=1) * np.linalg.norm(b16, axis=1), 1e-12)
     lines = []
     for name, rs in runs.items():
         s = statistics.median(r["seconds"] for r in rs)
@@ -783,6 +790,12 @@ def row_clause_features(a: argparse.Namespace, tmp: Path, peaks: list[float]) ->
         )
     lines[1]["speedup_vs_before"] = round(lines[1]["real_tokens_per_s"] / lines[0]["real_tokens_per_s"], 3)
     lines[1]["max_abs_feature_difference"] = diff
+    lines[2]["speedup_vs_after"] = round(lines[2]["real_tokens_per_s"] / lines[1]["real_tokens_per_s"], 3)
+    lines[2]["native_bf16"] = native_bf16(torch.device("cpu"))
+    lines[2]["feature_cosine_to_float32"] = {
+        "min": round(float(cosine.min()), 6),
+        "mean": round(float(cosine.mean()), 6),
+    }
     return lines
 
 

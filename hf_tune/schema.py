@@ -55,6 +55,8 @@ class KindSpec:
     """The kind can be a task of a multi-task recipe (its recipe implements the per-task interface)."""
     without: tuple[str, ...] = ()
     """``techniques.*`` sections this kind cannot apply (e.g. ``distill``): enabling one is refused by name."""
+    time_budget: bool = False
+    """The kind's recipe implements ``Recipe.fit_time_budget`` (``speed.train_minutes``); others refuse the key."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -511,13 +513,23 @@ class SpeedConfig:
     about 1.6x faster encoder forwards on a CPU with AVX-512 VNNI, at a quality cost measured in
     docs/benchmarks.md ("Speed"): small for token classification, 0.03 overlap F1 for clause_extraction (whose
     thresholds were tuned on float features). Off by default: the saved weights stay float."""
+    train_minutes: float | None = None
+    """Wall-clock minutes ``hf-tune train`` may take, data preparation and post-training tuning included, on
+    whatever machine it runs: after the data is ready the recipe times a few training steps and trains
+    min(training.num_train_epochs, what fits) epochs, so the learning-rate schedule still ends where it should.
+    For kinds whose cost before training varies from machine to machine (clause_extraction's encoder pass);
+    null: train the epochs asked for. A resumed run keeps the epochs its checkpoint was planned with, and
+    ``training.max_steps`` (which overrides epochs in Trainer) overrides the budget too."""
 
     def errors(self, prefix: str = "speed") -> list[str]:
-        return [
+        errors = [
             f"{prefix}.{key} must be >= 1 (or null), got {getattr(self, key)}"
             for key in ("cpu_threads", "pad_to_multiple_of")
             if getattr(self, key) is not None and getattr(self, key) < 1
         ]
+        if self.train_minutes is not None and self.train_minutes <= 0:
+            errors.append(f"{prefix}.train_minutes must be > 0 minutes (or null), got {self.train_minutes}")
+        return errors
 
 
 @dataclass
@@ -734,6 +746,11 @@ class BaseConfig:
             )
         if tech.calibration.enabled:
             errors += tech.calibration.errors()
+        if self.speed.train_minutes is not None and not self.spec.time_budget:
+            errors.append(
+                f"speed.train_minutes: {self.spec.name} does not fit its training to a time budget; set "
+                "training.num_train_epochs or training.max_steps instead"
+            )
         return errors + self.search.errors() + self.speed.errors()
 
     def _data_limit_errors(self) -> list[str]:

@@ -91,3 +91,27 @@ def test_train_evaluate_predict(tiny_bert, contracts_jsonl, tmp_path, capsys, ex
         assert main(["evaluate", str(run), f"data.path={contracts_jsonl}", "speed.int8_inference=true"]) == 0
         q = json.loads(capsys.readouterr().out.strip())
         assert q["num_documents"] == 24 and q["gold_spans"] == ev["gold_spans"]
+
+
+def test_train_minutes_fit_the_head_epochs_and_a_resumed_run_keeps_its_plan(tiny_bert, contracts_jsonl, tmp_path):
+    from hf_tune.recipes.base import checkpoints
+
+    run = tmp_path / "run"
+    # through the CLI: a budget already spent when the data is ready still trains one epoch (of the 3 asked for)
+    assert main(["train", *_args(tiny_bert, contracts_jsonl, run, "speed.train_minutes=0.001")]) == 0
+    ckpt = checkpoints(run)[-1]
+    assert json.loads((ckpt / "trainer_state.json").read_text())["num_train_epochs"] == 1
+
+    cfg = load_config(_args(tiny_bert, contracts_jsonl, tmp_path / "other", "speed.train_minutes=60"))
+    recipe = RECIPES.get(cfg.task)(cfg)
+    recipe.args = recipe.training_args()
+    recipe.prepare_data()
+    recipe.build_model()
+    recipe.fit_time_budget(3600.0)
+    assert recipe.args.num_train_epochs == 3  # an hour fits more: the configured epochs are the cap
+    recipe.fit_time_budget(1.0)
+    assert recipe.args.num_train_epochs == 1
+    recipe._resume_from = ckpt  # resuming: the checkpoint's plan, not this machine's speed now
+    recipe.args.num_train_epochs = 3
+    recipe.fit_time_budget(3600.0)
+    assert recipe.args.num_train_epochs == 1

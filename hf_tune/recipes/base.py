@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,6 +257,7 @@ class Recipe:
         self.label_names: list[str] = []
         self._resume_from: Path | None = None
         self._unfreeze = None
+        self._started = time.monotonic()  # speed.train_minutes counts from here
 
     @property
     def spec(self):
@@ -274,8 +276,19 @@ class Recipe:
         set_seed(self.args.seed)
         self.prepare_data()  # data before model: the label set sizes the head
         self.build_model()
+        if self.cfg.speed.train_minutes is not None and self.args.max_steps > 0:
+            log(f"speed.train_minutes is not applied: training.max_steps={self.args.max_steps} fixes the length")
+        elif self.cfg.speed.train_minutes is not None:  # only kinds with KindSpec.time_budget get here
+            self.fit_time_budget(self.cfg.speed.train_minutes * 60 - (time.monotonic() - self._started))
         self._setup_trainer()  # last: Trainer creates the optimizer lazily from the final model
         self._set_aside_old_run()  # only now: every check that can fail before training has passed
+
+    def fit_time_budget(self, seconds_left: float) -> None:
+        """Set ``self.args.num_train_epochs`` to what fits in ``seconds_left`` (``speed.train_minutes`` less
+        the time since the recipe was built), at most the configured epochs; a resumed run keeps the epochs its
+        checkpoint was planned with (see :func:`planned_epochs`). Kinds that declare ``KindSpec.time_budget``
+        implement it."""
+        raise NotImplementedError(f"{self.task} does not fit its training to a time budget")
 
     def train(self) -> dict[str, float]:
         if self._resume_from:

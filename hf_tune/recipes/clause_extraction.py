@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain, islice, repeat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -144,6 +146,7 @@ class ClauseExtractionConfig(BaseConfig):
         ),
         multitask_task=False,
         without=("distill", "anchor"),  # the encoder is frozen; only fresh heads train
+        time_budget=True,  # speed.train_minutes: the encoder pass varies by machine, the head epochs adapt
     )
     model: ClauseModelConfig = field(default_factory=ClauseModelConfig)
     data: ClauseDataConfig = field(default_factory=ClauseDataConfig)
@@ -379,6 +382,11 @@ TOKEN_BIAS_GRID = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0)
 """Offsets tried for each token category's B-/I- logits (0: the trained head as it is)."""
 COPY_SHARE = 0.25
 MIN_GOLD_TO_TUNE = 15
+AFTER_TRAINING_STEPS_PER_VAL_DOC = 4.0
+"""speed.train_minutes: the decoding tuning, scoring and saving after training cost about this many head
+training steps per validation document (CUAD, 55 validation contracts: 79 s after training at 0.53 s a step,
+2.7 per document; kept at 4 for a margin)."""
+SAVE_SECONDS = 30
 FEATURE_CHUNK_DOCS = 16  # documents whose units are encoded together (padding vs. cache progress on a kill)
 
 
@@ -576,6 +584,50 @@ class ClauseExtractionRecipe(Recipe):
 
     def build_model(self) -> None:
         self.model = self._probe
+
+    def fit_time_budget(self, seconds_left: float) -> None:
+        """Head epochs that fit in what is left of ``speed.train_minutes`` once the features are cached: a few
+        real training steps of the heads are timed (on a copy), the work after training (decoding tuned on the
+        validation split, scoring, saving) is reserved in proportion to the validation documents and the step
+        time, and ``training.num_train_epochs`` is the cap (see hf_tune.budget)."""
+        from torch.utils.data import DataLoader
+
+        from hf_tune.budget import (
+            STEP_OVERHEAD,
+            TIMED_STEPS,
+            WARMUP_STEPS,
+            fitting_epochs,
+            planned_epochs,
+            seconds_per_step,
+        )
+
+        args = self.args
+        planned = planned_epochs(self._resume_from) if self._resume_from else None
+        if planned is not None:
+            log(f"speed.train_minutes: resuming the {planned:g} epochs this run was planned with")
+            args.num_train_epochs = planned
+            return
+        train = self.datasets["train"]
+        loader = DataLoader(
+            train,
+            batch_size=args.per_device_train_batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(args.seed),
+            collate_fn=self.data_collator(),
+        )
+        # epochs after one another when a small training set has fewer batches than are timed
+        batches = islice(chain.from_iterable(repeat(loader)), WARMUP_STEPS + TIMED_STEPS)
+        step = STEP_OVERHEAD * seconds_per_step(self.model, batches, args.max_grad_norm)
+        per_epoch = math.ceil(len(loader) / max(1, args.world_size) / args.gradient_accumulation_steps)
+        # the work after training (decoding tuned on val, scoring, saving) is mostly the same small-tensor work
+        reserve = step * AFTER_TRAINING_STEPS_PER_VAL_DOC * len(self.features.get("val", [])) + SAVE_SECONDS
+        epochs = fitting_epochs(seconds_left, step, per_epoch, reserve, args.num_train_epochs)
+        log(
+            f"speed.train_minutes: {seconds_left / 60:.1f} min left after data preparation; a step takes "
+            f"{step:.2f} s ({per_epoch} per epoch: {step * per_epoch / 60:.2f} min), {reserve / 60:.1f} min kept "
+            f"for tuning and saving: {epochs} epochs (training.num_train_epochs={args.num_train_epochs:g})"
+        )
+        args.num_train_epochs = epochs
 
     def training_loss(self):
         return None  # the model's own: unit BCE + token cross-entropy

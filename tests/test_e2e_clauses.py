@@ -115,3 +115,24 @@ def test_train_minutes_fit_the_head_epochs_and_a_resumed_run_keeps_its_plan(tiny
     recipe.args.num_train_epochs = 3
     recipe.fit_time_budget(3600.0)
     assert recipe.args.num_train_epochs == 1
+
+
+def test_with_ema_the_decoding_is_tuned_on_the_weights_that_are_saved(tiny_bert, contracts_jsonl, tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from hf_tune.recipes.clause_extraction import ClauseExtractionRecipe
+
+    seen = {}
+    tune = ClauseExtractionRecipe._tune_thresholds
+
+    def record(self, feats):
+        seen.update({k: v.detach().clone() for k, v in self.model.state_dict().items() if "head" in k})
+        return tune(self, feats)
+
+    monkeypatch.setattr(ClauseExtractionRecipe, "_tune_thresholds", record)
+    run = tmp_path / "run"
+    extra = ["techniques.ema.enabled=true", "techniques.ema.decay=0.9", "speed.train_minutes=null"]
+    assert main(["train", *_args(tiny_bert, contracts_jsonl, run, *extra)]) == 0
+    saved = load_file(str(run / "model" / "model.safetensors"))
+    assert seen and all(torch.equal(saved[k], v) for k, v in seen.items())

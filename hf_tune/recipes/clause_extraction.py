@@ -647,6 +647,9 @@ class ClauseExtractionRecipe(Recipe):
     # ---------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float]:
         """Tune each unit category's threshold on val, then score val and test whole documents."""
+        trainer = self.trainer
+        if trainer is not None and trainer.ema is not None and self.cfg.techniques.ema.use_for_final_model:
+            trainer.use_ema_weights()  # tuned and scored with the weights save() keeps (it loads them anyway)
         if "val" in self.features:
             self.model.config.token_bias, self.model.config.token_copies = {}, []  # tuned below, from scratch
             self.model.config.thresholds = self._tune_thresholds(self.features["val"])

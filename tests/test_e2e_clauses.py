@@ -117,7 +117,7 @@ def test_train_minutes_fit_the_head_epochs_and_a_resumed_run_keeps_its_plan(tiny
     assert recipe.args.num_train_epochs == 1
 
 
-def test_with_ema_the_decoding_is_tuned_on_the_weights_that_are_saved(tiny_bert, contracts_jsonl, tmp_path, monkeypatch):
+def test_with_ema_decoding_is_tuned_on_the_saved_weights(tiny_bert, contracts_jsonl, tmp_path, monkeypatch):
     import torch
     from safetensors.torch import load_file
 

@@ -815,6 +815,8 @@ def plan_training(recipe: Recipe) -> dict[str, Any]:
         "effective_batch_size": batch,
         "steps_per_epoch": steps_per_epoch,
         "epochs": args.num_train_epochs if args.max_steps <= 0 else None,
+        # speed.train_minutes: the epochs above are the cap; training chooses how many fit once the data is ready
+        "train_minutes": recipe.cfg.speed.train_minutes if args.max_steps <= 0 else None,
         "max_steps": steps,
         "save_strategy": str(args.save_strategy.value if hasattr(args.save_strategy, "value") else args.save_strategy),
         "resume_from": str(resume_from) if resume_from else None,

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -474,8 +475,6 @@ class ClauseExtractionRecipe(Recipe):
 
     def _features(self, docs: list[Document]) -> list[DocFeatures]:
         """Encoder outputs of every document, from the cache when this encoder already read the same text."""
-        import time
-
         t0, n_tok = time.time(), 0
         d = self.cfg.data
         folder = (
@@ -607,9 +606,9 @@ class ClauseExtractionRecipe(Recipe):
             log(f"speed.train_minutes: resuming the {planned:g} epochs this run was planned with")
             args.num_train_epochs = planned
             return
-        train = self.datasets["train"]
+        started = time.monotonic()
         loader = DataLoader(
-            train,
+            self.datasets["train"],
             batch_size=args.per_device_train_batch_size,
             shuffle=True,
             generator=torch.Generator().manual_seed(args.seed),
@@ -621,9 +620,10 @@ class ClauseExtractionRecipe(Recipe):
         per_epoch = math.ceil(len(loader) / max(1, args.world_size) / args.gradient_accumulation_steps)
         # the work after training (decoding tuned on val, scoring, saving) is mostly the same small-tensor work
         reserve = step * AFTER_TRAINING_STEPS_PER_VAL_DOC * len(self.features.get("val", [])) + SAVE_SECONDS
+        seconds_left -= time.monotonic() - started  # the timing itself
         epochs = fitting_epochs(seconds_left, step, per_epoch, reserve, args.num_train_epochs)
         log(
-            f"speed.train_minutes: {seconds_left / 60:.1f} min left after data preparation; a step takes "
+            f"speed.train_minutes: {seconds_left / 60:.1f} min left after data preparation and timing; a step takes "
             f"{step:.2f} s ({per_epoch} per epoch: {step * per_epoch / 60:.2f} min), {reserve / 60:.1f} min kept "
             f"for tuning and saving: {epochs} epochs (training.num_train_epochs={args.num_train_epochs:g})"
         )

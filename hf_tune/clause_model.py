@@ -221,7 +221,7 @@ def encoder_compute_dtype(setting: str, device: torch.device) -> torch.dtype:
     """The precision the frozen encoder runs in for ``setting`` (one of ENCODER_DTYPES) on ``device``.
 
     Why bfloat16: the encoder pass is more than half of the clause recipe's CPU budget, and on a CPU with
-    AVX512-BF16 it runs about 1.6x faster under bfloat16 autocast, with unit features at cosine 0.9999 to the
+    AVX512-BF16 it ran 1.73x faster under bfloat16 autocast, with unit features at cosine 0.9999 to the
     float32 ones (docs/benchmarks.md); the heads train on the float16-rounded cache either way."""
     if setting not in ENCODER_DTYPES:
         raise ValueError(f"encoder_dtype must be one of {ENCODER_DTYPES}, got {setting!r}")

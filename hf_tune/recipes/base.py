@@ -336,6 +336,13 @@ class Recipe:
         self.use_metric_split("val")  # Trainer's own evaluations during training run on val
         return metrics
 
+    def use_final_weights(self) -> None:
+        """Load the weights the final model keeps into the model: the EMA weights when
+        ``techniques.ema.use_for_final_model``, else the live ones as they are. Idempotent; a kind whose
+        evaluation tunes settings on the weights (clause_extraction) calls it first."""
+        if self.trainer.ema is not None and self.cfg.techniques.ema.use_for_final_model:
+            self.trainer.use_ema_weights()
+
     def save(self, metrics: dict[str, Any]) -> Path:
         """Final model + resolved config + metrics + report and model card in ``output_dir/model``.
 
@@ -346,8 +353,7 @@ class Recipe:
         from hf_tune.report import LOG_HISTORY, save_predictions, write_report
 
         final = self.output_dir / FINAL_MODEL_DIR
-        if self.trainer.ema is not None and self.cfg.techniques.ema.use_for_final_model:
-            self.trainer.use_ema_weights()
+        self.use_final_weights()
         if self.cfg.techniques.lora.enabled:
             self._save_lora(final)
         else:

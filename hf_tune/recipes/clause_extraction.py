@@ -82,7 +82,7 @@ class ClauseModelConfig:
     encoder_dtype: Literal["float32", "bfloat16", "auto"] = "auto"
     """Precision of the frozen encoder's forward pass, when caching features and in evaluate/predict: auto =
     bfloat16 autocast where the device has native bfloat16 matmuls (CPUs with AVX512-BF16 or AMX, recent GPUs),
-    else float32. On the 2-core CI CPU bfloat16 reads CUAD about 1.6x faster, with features at cosine 0.9999 to
+    else float32. On the 2-core CI CPU bfloat16 read CUAD units 1.73x faster, with features at cosine >= 0.9999 to
     float32's (docs/benchmarks.md); float32 where exact reproduction of float32 features matters."""
     unit_ngrams: int = 0
     """Hash buckets (e.g. 32768) of a bag of each unit's word unigrams and bigrams, embedded and added to the unit
@@ -647,9 +647,8 @@ class ClauseExtractionRecipe(Recipe):
     # ---------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float]:
         """Tune each unit category's threshold on val, then score val and test whole documents."""
-        trainer = self.trainer
-        if trainer is not None and trainer.ema is not None and self.cfg.techniques.ema.use_for_final_model:
-            trainer.use_ema_weights()  # tuned and scored with the weights save() keeps (it loads them anyway)
+        if self.trainer is not None:
+            self.use_final_weights()  # tuned and scored with the weights save() keeps
         if "val" in self.features:
             self.model.config.token_bias, self.model.config.token_copies = {}, []  # tuned below, from scratch
             self.model.config.thresholds = self._tune_thresholds(self.features["val"])
